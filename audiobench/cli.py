@@ -1,0 +1,125 @@
+"""Command-line interface: a thin click group over the Python API.
+
+Heavy imports (torch, h5py, pandas) happen inside commands so ``audiobench --help`` is instant.
+User errors (:class:`audiobench.errors.AudiobenchError`) become one line on stderr and exit code
+1; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from audiobench import __version__
+from audiobench.errors import AudiobenchError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+
+class AudiobenchGroup(click.Group):
+    """A click group that turns AudiobenchError into a one-line ClickException."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except AudiobenchError as exc:
+            raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+    def get_command(self, ctx, cmd_name):
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None and ctx is not None and cmd_name not in ("--help", "-h"):
+            import difflib
+
+            close = difflib.get_close_matches(cmd_name, self.list_commands(ctx), n=1)
+            if close:
+                ctx.fail(f"No such command {cmd_name!r}. Did you mean {close[0]!r}?")
+        return cmd
+
+
+@click.group(cls=AudiobenchGroup, context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "--version", prog_name="audiobench")
+def cli():
+    """audiobench: how robust is your AudioSet tagger?
+
+    Run registered CNN and Transformer taggers over AudioSet HDF5 shards, clean and under noise,
+    occlusion and adversarial attacks, and write tidy result tables.
+    """
+
+
+@cli.group("list", cls=AudiobenchGroup)
+def list_group():
+    """List registered models, perturbations, datasets or metrics (one name per line first)."""
+
+
+@list_group.command("models")
+def list_models():
+    """Registered models: name, family, sample rate, reference mAP."""
+    from audiobench.models import MODELS
+
+    for name, entry in MODELS.items():
+        spec = entry.spec
+        ref = f"{spec.reference_mAP:.3f}" if spec.reference_mAP is not None else "-"
+        click.echo(f"{name}\t{spec.family}\t{spec.sample_rate} Hz\tmAP {ref}\t{spec.description}")
+
+
+@list_group.command("perturbations")
+def list_perturbations():
+    """Registered perturbations and attacks: name, swept level, description."""
+    from audiobench.perturb import PERTURBATIONS
+
+    for name, cls in PERTURBATIONS.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        click.echo(f"{name}\t{cls.level_field or '-'}\t{doc}")
+
+
+@list_group.command("datasets")
+def list_datasets():
+    """Data manifests found (repository data_manifests/, AUDIOBENCH_MANIFESTS, cache)."""
+    from audiobench.data import DATASETS
+
+    for name, path in DATASETS.items():
+        click.echo(f"{name}\t{path}")
+
+
+@list_group.command("metrics")
+def list_metrics():
+    """Metrics written to metrics.csv."""
+    from audiobench.metrics import METRICS
+
+    for name, entry in METRICS.items():
+        click.echo(f"{name}\t{entry}")
+
+
+def _add_subcommands():
+    # Each command lives in its own module under audiobench/commands; importing them is cheap
+    # (they import heavy libraries inside the command functions).
+    import importlib
+
+    for mod_name, attr in (
+        ("audiobench.commands.data", "data_group"),
+        ("audiobench.commands.predict", "predict"),
+        ("audiobench.commands.run", "run"),
+        ("audiobench.commands.report", "report"),
+        ("audiobench.commands.verify_run", "verify_run"),
+        ("audiobench.commands.train_toy", "train_toy"),
+        ("audiobench.commands.sweep", "sweep"),
+    ):
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == mod_name:
+                continue  # command not built yet
+            raise
+        cli.add_command(getattr(mod, attr))
+
+
+_add_subcommands()
+
+
+def main(argv=None):
+    return cli.main(args=argv, prog_name="audiobench")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

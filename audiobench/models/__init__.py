@@ -1,0 +1,43 @@
+"""Model registry: name → :class:`ModelEntry` (frozen spec + factory).
+
+Adding a model = one new module that calls ``register_model`` + one import line below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from audiobench.models.base import AudioTagger, ModelSpec, WeightsSpec
+from audiobench.registry import Registry
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    spec: ModelSpec
+    # factory(spec, sample_rate) -> AudioTagger with random weights; weights are loaded separately
+    factory: Callable[..., AudioTagger]
+
+
+MODELS: Registry[ModelEntry] = Registry("model")
+
+
+def register_model(spec: ModelSpec, factory: Callable[..., AudioTagger]) -> None:
+    MODELS.register(spec.name, ModelEntry(spec, factory))
+
+
+def load_model(name, checkpoint=None, device="cpu", **kwargs):
+    from audiobench.models.loading import load_model as _impl
+
+    return _impl(name, checkpoint=checkpoint, device=device, **kwargs)
+
+
+# --- one import line per model module (each registers its models) ------------------------------
+import importlib as _importlib
+
+for _mod in ("toy", "efficientat", "panns", "ast", "atdr"):
+    try:
+        _importlib.import_module(f"audiobench.models.{_mod}")
+    except ModuleNotFoundError as _exc:  # module not written yet
+        if _exc.name != f"audiobench.models.{_mod}":
+            raise
