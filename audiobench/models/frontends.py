@@ -25,6 +25,11 @@ class WaveformResampler(nn.Module):
         self.orig_hz = int(orig_hz)
         self.new_hz = int(new_hz)
         self.resample = None if self.orig_hz == self.new_hz else torchaudio.transforms.Resample(self.orig_hz, self.new_hz)
+        if self.resample is not None:
+            # The sinc kernel is derived from the rates, not learnt: keep it out of state_dict so
+            # checkpoints stay in their reference layout whatever the dataset's rate.
+            kernel = self.resample._buffers.pop("kernel")
+            self.resample.register_buffer("kernel", kernel, persistent=False)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         if self.resample is None:
