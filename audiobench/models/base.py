@@ -92,3 +92,15 @@ class AudioTagger(nn.Module, metaclass=abc.ABCMeta):
 
     def embed(self, waveform: torch.Tensor) -> torch.Tensor:
         return self.embed_features(self.features(waveform))
+
+    # -- weights ------------------------------------------------------------------------------
+    def load_checkpoint(self, obj: Any, what: str = "checkpoint") -> None:
+        """Load a checkpoint object (already read safely) in the model's reference layout.
+
+        The default unwraps ``{"model": sd}`` / ``{"state_dict": sd}`` and loads it strictly into
+        ``self.net`` (the reference network, front-end buffers included where upstream has them);
+        wrappers whose upstream layout differs override this.
+        """
+        from audiobench.models.checkpoints import strict_load, unwrap_state_dict
+
+        strict_load(self.net, unwrap_state_dict(obj), what)
