@@ -268,7 +268,8 @@ def _register() -> None:
             },
             normalisation={"shift": 4.5, "scale": 5.0},  # (log_mel + shift) / scale
             weights=WeightsSpec(
-                file_name=asset,
+                # cached as efficientat_<asset> (the name ../shared uses); downloaded from <asset>
+                file_name=f"efficientat_{asset}",
                 url=RELEASE_URL + asset,
                 sha256=sha,
                 licence=LICENCE,
