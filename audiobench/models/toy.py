@@ -1,0 +1,141 @@
+"""Tiny taggers trained by audiobench on its own toy set (``audiobench train-toy``).
+
+They make the whole pipeline (run, attacks, report) meaningful offline and on a CPU in seconds:
+both reach clean mAP >= 0.9 on the embedded toy set, output logits over the full 527-class AudioSet
+vocabulary (only the toy classes have positives), and ship with the package
+(``audiobench/assets/weights/*.pt``, each well under 2 MB).
+
+Front end (both): 16 kHz mono; torch STFT n_fft 512 (32 ms Hann), hop 256 (16 ms), power;
+64 HTK mel bins 0-8 kHz; log(x + 1e-6); a fixed affine normalisation (mean/std measured once on the
+toy training split and stored in the spec, so the front end has no learnt or data-dependent state).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torchaudio
+from torch import nn
+
+from audiobench.models import register_model
+from audiobench.models.base import AudioTagger, ModelSpec, WeightsSpec
+from audiobench.models.frontends import WaveformResampler
+
+TOY_FRONTEND = {"n_fft": 512, "win_length": 512, "hop_length": 256, "n_mels": 64, "f_min_hz": 0.0, "f_max_hz": 8000.0, "log_offset": 1e-6}
+# Measured on the toy training split (seed 1) by `audiobench train-toy`; fixed so runs are reproducible.
+TOY_NORMALISATION = {"mean": -9.0, "std": 4.0}
+
+
+class ToyLogMel(nn.Module):
+    """Batched, differentiable log-mel front end shared by the toy models."""
+
+    def __init__(self, sample_rate: int = 16000):
+        super().__init__()
+        f = TOY_FRONTEND
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=sample_rate, n_fft=f["n_fft"], win_length=f["win_length"], hop_length=f["hop_length"],
+            f_min=f["f_min_hz"], f_max=f["f_max_hz"], n_mels=f["n_mels"], power=2.0, center=True,
+        )
+        # window and filterbank are derived from the parameters above: keep them out of state_dict
+        for sub in (self.mel.spectrogram, self.mel.mel_scale):
+            for name in list(sub._buffers):
+                buf = sub._buffers.pop(name)
+                sub.register_buffer(name, buf, persistent=False)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        x = self.mel(waveform)  # (B, M, T)
+        x = torch.log(x + TOY_FRONTEND["log_offset"])
+        return (x - TOY_NORMALISATION["mean"]) / TOY_NORMALISATION["std"]
+
+
+class _ConvBlock(nn.Sequential):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+            nn.AvgPool2d(2),
+        )
+
+
+class ToyCNNNet(nn.Module):
+    """4 conv blocks (16-32-64-64 channels) → mean over time of max over frequency → MLP."""
+
+    def __init__(self, n_classes: int = 527):
+        super().__init__()
+        self.blocks = nn.Sequential(_ConvBlock(1, 16), _ConvBlock(16, 32), _ConvBlock(32, 64), _ConvBlock(64, 64))
+        self.fc = nn.Linear(64, 64)
+        self.classifier = nn.Linear(64, n_classes)
+
+    def embed(self, feats: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(feats.unsqueeze(1))  # (B, 64, M', T')
+        x = x.amax(dim=2)  # max over mel
+        x = x.mean(dim=2) + x.amax(dim=2)  # mean + max over time
+        return torch.relu(self.fc(x))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(feats))
+
+
+class ToyTransformerNet(nn.Module):
+    """Patch embedding (full mel height × 8 frames) → 2-layer Transformer encoder (d=64, 4 heads) → mean pool."""
+
+    def __init__(self, n_classes: int = 527, n_mels: int = 64, patch_frames: int = 8, dim: int = 64, max_patches: int = 128):
+        super().__init__()
+        self.patch_frames = patch_frames
+        self.patch = nn.Conv1d(n_mels, dim, kernel_size=patch_frames, stride=patch_frames)
+        self.pos = nn.Parameter(torch.zeros(1, max_patches, dim))
+        layer = nn.TransformerEncoderLayer(dim, nhead=4, dim_feedforward=128, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.classifier = nn.Linear(dim, n_classes)
+
+    def embed(self, feats: torch.Tensor) -> torch.Tensor:
+        x = self.patch(feats).transpose(1, 2)  # (B, P, D)
+        n = x.shape[1]
+        if n > self.pos.shape[1]:
+            raise ValueError(f"clip too long for toy-transformer: {n} patches > {self.pos.shape[1]}")
+        x = self.encoder(x + self.pos[:, :n])
+        return self.norm(x.mean(dim=1))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(feats))
+
+
+class ToyTagger(AudioTagger):
+    """Wrapper: resampler → ToyLogMel → net. ``self.net`` holds every checkpointed tensor."""
+
+    def __init__(self, spec: ModelSpec, net: nn.Module, sample_rate: Optional[int] = None):
+        super().__init__(spec, sample_rate)
+        self.resampler = WaveformResampler(self.sample_rate, spec.sample_rate)
+        self.frontend = ToyLogMel(spec.sample_rate)
+        self.net = net
+
+    def features(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.frontend(self.resampler(waveform))
+
+    def forward_features(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+    def embed_features(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net.embed(features)
+
+    def head(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.net.classifier(embedding)
+
+
+def _spec(name: str, family: str, description: str, mAP: Optional[float]) -> ModelSpec:
+    return ModelSpec(
+        name=name, family=family, description=description, sample_rate=16000,
+        frontend=dict(TOY_FRONTEND), normalisation=dict(TOY_NORMALISATION),
+        weights=WeightsSpec(file_name=f"{name}.pt", licence="MIT", source="trained by `audiobench train-toy` (ships with audiobench)"),
+        reference_mAP=mAP, reference="audiobench toy model (no upstream)", has_embedding=True,
+    )
+
+
+TOY_CNN_SPEC = _spec("toy-cnn", "cnn", "tiny CNN trained on the embedded toy set (offline default)", None)
+TOY_TRANSFORMER_SPEC = _spec("toy-transformer", "transformer", "tiny Transformer trained on the embedded toy set (offline default)", None)
+
+register_model(TOY_CNN_SPEC, lambda spec, sample_rate=None: ToyTagger(spec, ToyCNNNet(spec.n_classes), sample_rate))
+register_model(TOY_TRANSFORMER_SPEC, lambda spec, sample_rate=None: ToyTagger(spec, ToyTransformerNet(spec.n_classes), sample_rate))
