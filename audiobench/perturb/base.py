@@ -6,17 +6,39 @@ A perturbation is a small dataclass with typed, unit-bearing fields validated in
     perturbed = perturbation(waveform, model=model, targets=targets, rng=rng, trace=trace)
 
 * ``waveform``: float32 (batch, samples) in [-1, 1] at the dataset's rate; never modified in place.
+  The result is a NEW tensor, clamped to [-1, 1].
 * ``model``: the wrapped model (``AudioTagger``); noise ignores it, attacks use it.
 * ``targets``: bool/float (batch, n_classes) labels; attacks use them for the BCE loss.
 * ``rng``: :class:`audiobench.rng.ClipRNG`, one generator per clip, the only source of randomness.
 * ``trace``: optional :class:`AttackTrace` where attacks record their loss per step.
 
-``to_dict()`` goes straight into the results' metadata. ``level`` names the field swept by the
-grid (``eps``, ``snr_db``, ``period_s`` ...), so results can be pivoted without knowing the kind.
+Naming of a condition (for result rows, resume and seeds):
+
+* ``param``: the name of the swept field (``eps``, ``snr_db``, ``sigma``, ``period_s``, ``span_s``,
+  ``fraction``, ``band_hz`` ...); an instance property because some kinds sweep different fields
+  depending on their configuration (gaussian: ``snr_db`` or ``sigma``; occlusion: per pattern).
+* ``level``: that field's value as a float.
+* ``variant``: what else distinguishes conditions of the same kind at the same level (occlusion
+  pattern, attack norm); empty when nothing does.
+* ``condition_id``: ``"<name>:<param>=<level>"`` or ``"<name>/<variant>:<param>=<level>"``;
+  ``"none"`` for the clean condition.
+* ``condition_key()``: every field, for seeding (two conditions with equal ids but different
+  ``steps`` get different streams).
+
+Perturbations that need the dataset's sample rate (``needs_sample_rate = True``, e.g. occlusion)
+carry it as the dataclass field ``sample_rate``; the engine sets it with
+``p.with_sample_rate(dataset_rate)`` before the first call.
+
+Other class attributes the engine reads: ``uses_model`` (needs ``model``/``targets``),
+``requires_fit`` (call ``fit(...)`` over the data first: universal), ``domain`` (``"waveform"`` or
+``"feature"``: feature-domain kinds are applied as
+``model.forward_features(p.perturb_features(model.features(x), ...))``), and
+``comparable_across_models``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Dict, List, Optional
@@ -26,38 +48,138 @@ import torch
 
 @dataclass
 class AttackTrace:
-    """What an attack records for the trust checks (summed over batches by the engine)."""
+    """What an attack records for the trust checks; mergeable across batches and ranks.
 
-    loss_per_step: List[float] = field(default_factory=list)  # mean BCE over clips, per step
+    Losses are kept as per-step SUMS over clips with the number of clips that contributed, so the
+    mean per step after :meth:`merge` is exact whatever the batch split.
+
+    * ``loss_sum_per_step[t]`` / ``n_per_step[t]``: sum over clips of the per-clip loss at step
+      ``t`` (step 0 = the starting point) and how many clips contributed;
+      ``loss_per_step`` gives the means.
+    * ``n_clips``: clips attacked; ``bad_grad_clips``: clips whose input gradient was, at some
+      step, all zero or contained NaN/inf.
+    * ``per_clip``: name → list of per-clip values in the order the clips were attacked (e.g.
+      ``"min_eps"``, ``"bad_grad_steps"``); merge concatenates, so merge in clip order.
+    """
+
+    loss_sum_per_step: List[float] = field(default_factory=list)
+    n_per_step: List[int] = field(default_factory=list)
     n_clips: int = 0
-    bad_grad_clips: int = 0  # clips whose input gradient was all zero, or had NaN/inf
+    bad_grad_clips: int = 0
+    per_clip: Dict[str, List[float]] = field(default_factory=dict)
 
     def add_step(self, step: int, mean_loss: float, n: int) -> None:
-        while len(self.loss_per_step) <= step:
-            self.loss_per_step.append(0.0)
-        # running mean over clips across batches
-        self.loss_per_step[step] += mean_loss * n
+        """Add the mean loss over ``n`` clips at ``step`` (stored as a sum, so means stay exact)."""
+        while len(self.loss_sum_per_step) <= step:
+            self.loss_sum_per_step.append(0.0)
+            self.n_per_step.append(0)
+        self.loss_sum_per_step[step] += float(mean_loss) * int(n)
+        self.n_per_step[step] += int(n)
+
+    @property
+    def loss_per_step(self) -> List[float]:
+        """Mean loss over all clips recorded, per step."""
+        return [s / n if n else float("nan") for s, n in zip(self.loss_sum_per_step, self.n_per_step)]
+
+    def add_clips(self, n: int, bad_grad: int = 0) -> None:
+        self.n_clips += int(n)
+        self.bad_grad_clips += int(bad_grad)
+
+    def add_per_clip(self, name: str, values) -> None:
+        if isinstance(values, torch.Tensor):
+            values = values.detach().cpu().double().tolist()
+        self.per_clip.setdefault(name, []).extend(float(v) for v in values)
+
+    @property
+    def bad_grad_fraction(self) -> float:
+        return self.bad_grad_clips / self.n_clips if self.n_clips else 0.0
+
+    def merge(self, other: "AttackTrace") -> "AttackTrace":
+        """Add ``other`` into ``self`` (in place) and return ``self``."""
+        for t, (s, n) in enumerate(zip(other.loss_sum_per_step, other.n_per_step)):
+            while len(self.loss_sum_per_step) <= t:
+                self.loss_sum_per_step.append(0.0)
+                self.n_per_step.append(0)
+            self.loss_sum_per_step[t] += s
+            self.n_per_step[t] += n
+        self.n_clips += other.n_clips
+        self.bad_grad_clips += other.bad_grad_clips
+        for k, v in other.per_clip.items():
+            self.per_clip.setdefault(k, []).extend(v)
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "loss_per_step": self.loss_per_step,
+            "n_per_step": list(self.n_per_step),
+            "n_clips": self.n_clips,
+            "bad_grad_clips": self.bad_grad_clips,
+            "bad_grad_fraction": self.bad_grad_fraction,
+        }
+
+
+def format_level(value: Any) -> str:
+    """Shortest exact text of a level: 30.0 -> '30', 0.001 -> '0.001', inf -> 'inf'."""
+    if isinstance(value, (tuple, list)):
+        return "-".join(format_level(v) for v in value)
+    v = float(value)
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if v == int(v) and abs(v) < 1e15:
+        return str(int(v))
+    return repr(v)
 
 
 class Perturbation:
     """Base class; concrete perturbations are dataclasses that subclass it."""
 
     name: ClassVar[str] = "base"
-    level_field: ClassVar[Optional[str]] = None  # the field a grid sweeps, e.g. "eps"
+    level_field: ClassVar[Optional[str]] = None  # the field a grid sweeps by default, e.g. "eps"
     uses_model: ClassVar[bool] = False
+    requires_fit: ClassVar[bool] = False
+    needs_sample_rate: ClassVar[bool] = False
+    domain: ClassVar[str] = "waveform"  # or "feature"
     comparable_across_models: ClassVar[bool] = True
 
     def __call__(self, waveform: torch.Tensor, *, model=None, targets=None, rng=None, trace=None) -> torch.Tensor:
         """Return the perturbed copy of ``waveform``; subclasses override."""
         raise TypeError(f"{type(self).__name__} does not implement __call__")
 
+    # -- naming ---------------------------------------------------------------------------------
+    @property
+    def param(self) -> str:
+        """Name of the swept field of this instance."""
+        return self.level_field or "none"
+
     @property
     def level(self) -> float:
-        return float(getattr(self, self.level_field)) if self.level_field else float("nan")
+        """The swept field's value as a float (bands: their width in Hz, see occlusion)."""
+        if self.param == "none":
+            return 0.0
+        return float(getattr(self, self.param))
+
+    @property
+    def level_text(self) -> str:
+        if self.param == "none":
+            return ""
+        return format_level(getattr(self, self.param))
+
+    @property
+    def variant(self) -> str:
+        """What distinguishes conditions of this kind at equal level (pattern, norm); may be ''."""
+        return ""
+
+    @property
+    def condition_id(self) -> str:
+        if self.param == "none":
+            return self.name
+        head = f"{self.name}/{self.variant}" if self.variant else self.name
+        return f"{head}:{self.param}={self.level_text}"
 
     def to_dict(self) -> Dict[str, Any]:
-        d = {"perturbation": self.name}
+        d: Dict[str, Any] = {"perturbation": self.name}
         d.update(asdict(self))  # type: ignore[arg-type]
+        d.update(param=self.param, level=self.level, condition_id=self.condition_id, domain=self.domain)
         return d
 
     def condition_key(self) -> str:
@@ -65,11 +187,19 @@ class Perturbation:
         items = ",".join(f"{k}={v!r}" for k, v in sorted(asdict(self).items()))  # type: ignore
         return f"{self.name}({items})"
 
+    def with_sample_rate(self, sample_rate: int) -> "Perturbation":
+        """A copy bound to the dataset's sample rate (``self`` when the kind does not need it)."""
+        if not self.needs_sample_rate:
+            return self
+        return dataclasses.replace(self, sample_rate=int(sample_rate))  # type: ignore[type-var]
+
 
 def check_finite(name: str, value: float, *, positive: bool = False, non_negative: bool = False, allow_inf: bool = False) -> None:
     """Validate a numeric field; raises ``ConfigError`` with one clear line."""
     from audiobench.errors import ConfigError
 
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -80,3 +210,41 @@ def check_finite(name: str, value: float, *, positive: bool = False, non_negativ
         raise ConfigError(f"{name} must be > 0, got {value!r}")
     if non_negative and not v >= 0:
         raise ConfigError(f"{name} must be >= 0, got {value!r}")
+
+
+def check_int(name: str, value: Any, *, minimum: int = 0) -> None:
+    """Validate an integer field (bools and floats with a fraction refused)."""
+    from audiobench.errors import ConfigError
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if int(value) < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
+
+
+def check_choice(name: str, value: Any, choices) -> None:
+    from audiobench.errors import ConfigError
+
+    if value not in choices:
+        raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def signal_power(waveform: torch.Tensor) -> torch.Tensor:
+    """Mean square per clip, float64, shape (batch,)."""
+    return waveform.double().pow(2).mean(dim=-1)
+
+
+def realised_snr_db(clean: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:
+    """Per-clip SNR in dB of ``perturbed`` against ``clean``: 10·log10(P(clean)/P(perturbed-clean)).
+
+    float64, shape (batch,): ``inf`` where nothing changed, ``nan`` for a silent clean clip that
+    was changed (``-inf`` would be misleading: there is no signal to compare with), ``inf`` for a
+    silent clip left silent.
+    """
+    ps = signal_power(clean)
+    pn = signal_power(perturbed.double() - clean.double())
+    with torch.no_grad():
+        snr = 10.0 * torch.log10(ps / pn)
+    snr = torch.where(pn == 0, torch.full_like(snr, math.inf), snr)
+    snr = torch.where((ps == 0) & (pn > 0), torch.full_like(snr, math.nan), snr)
+    return snr
