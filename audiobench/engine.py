@@ -445,7 +445,7 @@ class Runner:
                     f"({int(bad.sum())} such clip(s) in this batch); use --on-bad-clip skip to leave them out"
                 )
             clean = torch.where(bad[:, None], torch.zeros_like(clean), clean)
-        rng = ClipRNG.for_clips(cfg.seed, batch.clip_ids, cond.condition_id, self.device)
+        rng = ClipRNG.for_clips(cfg.seed, batch.clip_ids, cond.condition_key(), self.device)
         trace = AttackTrace()
         want_emb = bool(model.spec.has_embedding)
         with autocast_context(self.device, cfg.precision):
@@ -502,7 +502,8 @@ def _forward_features(model, feats, want_emb: bool):
 
 def trace_arrays(trace: AttackTrace) -> Dict[str, np.ndarray]:
     out = {
-        "trace_loss_sum": np.asarray(getattr(trace, "loss_sum_per_step", trace.loss_per_step), dtype=np.float64),
+        "trace_loss_sum": np.asarray(trace.loss_sum_per_step, dtype=np.float64),
+        "trace_n_per_step": np.asarray(trace.n_per_step, dtype=np.int64),
         "trace_n": np.asarray(trace.n_clips, dtype=np.int64),
         "trace_bad_grad": np.asarray(trace.bad_grad_clips, dtype=np.int64),
     }
@@ -515,9 +516,9 @@ def merge_units(units: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
     out = {}
     for k in units[0]:
         vals = [u[k] for u in units]
-        if k == "trace_loss_sum":
+        if k in ("trace_loss_sum", "trace_n_per_step"):
             n = max(len(v) for v in vals)
-            out[k] = sum(np.pad(v, (0, n - len(v))) for v in vals)
+            out[k] = sum(np.pad(v, (0, n - len(v))) for v in vals) if n else vals[0]
         elif k in ("trace_n", "trace_bad_grad"):
             out[k] = np.asarray(sum(int(v) for v in vals))
         else:

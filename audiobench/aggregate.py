@@ -1,0 +1,218 @@
+"""Turn a run folder's stored units into its tables (metrics.csv/.parquet, per_clip.csv,
+per_class.csv, scores.npz). Always recomputed from the units, so a resumed run gives exactly the
+tables of an uninterrupted one; ``verify-run`` recomputes with the same code path from scores."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from audiobench import results as R
+from audiobench.engine import load_units, unit_dir
+
+PER_CLIP_SHIFT = ["kl", "js", "entropy_delta", "top1_flip", "top5_jaccard", "spearman", "abs_dp", "true_label_drop"]
+SHIFT_MEAN_NAMES = {
+    "kl": "kl_mean", "js": "js_mean", "entropy_delta": "entropy_delta_mean", "top1_flip": "top1_flip_rate",
+    "top5_jaccard": "top5_jaccard_mean", "spearman": "spearman_mean", "abs_dp": "abs_dp_mean",
+    "true_label_drop": "true_label_drop_rate",
+}
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return np.where(x >= 0, 1.0 / (1.0 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))))
+
+
+def _finite_rows(logits: np.ndarray) -> np.ndarray:
+    return np.isfinite(logits).all(axis=1)
+
+
+def condition_metrics(clean_logits: np.ndarray, logits: np.ndarray, targets: np.ndarray, *, n_boot: int, seed: int,
+                      valid: np.ndarray) -> Dict[str, Any]:
+    """All numbers of one (model, condition): metric rows, per-clip shift columns, per-class AP."""
+    from audiobench.metrics import bootstrap, shift, tagging
+
+    finite = _finite_rows(logits) & _finite_rows(clean_logits)
+    use = valid & finite
+    scores = sigmoid(logits[use])
+    t = targets[use]
+    tm = tagging.tagging_metrics(scores, t)
+    rows: Dict[str, Dict[str, float]] = {}
+    for name in ("mAP", "mAUC", "d_prime", "top1_hit_rate", "top5_hit_rate"):
+        rows[name] = {"value": float(tm[name])}
+    n_classes = int(tm["n_classes"])
+    n_clips = int(use.sum())
+    per_clip = shift.shift_statistics(clean_logits[use], logits[use], t)
+    summary = shift.summarise_shift(per_clip)
+    for k, name in SHIFT_MEAN_NAMES.items():
+        rows[name] = {"value": float(summary[name])}
+    if n_boot > 0 and n_clips > 1:
+        ci = bootstrap.bootstrap_tagging(scores, t, n_resamples=n_boot, seed=seed)
+        for name, (lo, hi) in ci.items():
+            if name in rows:
+                rows[name].update(ci_low=float(lo), ci_high=float(hi))
+        ci = bootstrap.bootstrap_means({k: per_clip[k] for k in PER_CLIP_SHIFT}, n_resamples=n_boot, seed=seed)
+        for k, (lo, hi) in ci.items():
+            name = SHIFT_MEAN_NAMES.get(k, k)
+            if name in rows:
+                rows[name].update(ci_low=float(lo), ci_high=float(hi))
+    rows["nonfinite_clips"] = {"value": float((valid & ~finite).sum())}
+    full_clip = {k: np.full(len(logits), np.nan) for k in PER_CLIP_SHIFT}
+    for k in PER_CLIP_SHIFT:
+        full_clip[k][use] = per_clip[k]
+    return {
+        "rows": rows, "n_clips": n_clips, "n_classes": n_classes, "per_clip": full_clip,
+        "ap": tagging.average_precision_per_class(scores, t), "auc": tagging.roc_auc_per_class(scores, t),
+        "use": use,
+    }
+
+
+def aggregate_run(run_dir: Path, meta: Dict[str, Any], dataset, n_clips: int, models: Optional[Dict[str, Any]] = None) -> None:
+    """Write every table of ``run_dir`` from its units (and update ``meta['trust']``)."""
+    import pandas as pd
+
+    from audiobench import trust
+    from audiobench.metrics import shift, tagging
+    from audiobench.perturb import PERTURBATIONS
+
+    run_dir = Path(run_dir)
+    models = models or {}
+    run_id = meta["run_id"]
+    cfg = meta["config"]
+    n_boot = int(cfg.get("bootstrap", 1000))
+    seed = int(meta.get("seed", 0))
+    targets = np.asarray(dataset.targets()[:n_clips], dtype=bool)
+    clip_ids = np.asarray(list(dataset.clip_ids[:n_clips]), dtype=str)
+    names = meta.get("vocab", {}).get("names") or [f"class {i}" for i in range(targets.shape[1])]
+    conditions = meta["conditions"]
+    cond_objs = [_rebuild(c, PERTURBATIONS) for c in conditions]
+    metric_rows: List[dict] = []
+    clip_frames: List[pd.DataFrame] = []
+    class_frames: List[pd.DataFrame] = []
+    arrays: Dict[str, np.ndarray] = {"clip_ids": clip_ids, "targets": targets}
+    meta["trust"] = {}
+    for model_name in meta["config"]["models"]:
+        units = {c["id"]: load_units(unit_dir(run_dir, model_name, ci), n_clips) for ci, c in enumerate(conditions)}
+        for cid, u in units.items():
+            if not np.array_equal(u["clip_ids"], clip_ids):
+                from audiobench.errors import ResultsError
+
+                raise ResultsError(f"{run_dir}: units of {model_name}/{cid} hold other clips than the dataset order")
+        clean_id = conditions[0]["id"]
+        clean = units[clean_id]["logits"].astype(np.float64)
+        valid = ~units[clean_id]["bad_input"].astype(bool)
+        results = {}
+        for c in conditions:
+            u = units[c["id"]]
+            results[c["id"]] = condition_metrics(clean, u["logits"].astype(np.float64), targets, n_boot=n_boot, seed=seed, valid=valid)
+
+        def map_fn(logits, t=None, _use=results[clean_id]["use"]):
+            if t is None:
+                keep = _use & _finite_rows(logits)
+                return float(tagging.tagging_metrics(sigmoid(logits[keep]), targets[keep])["mAP"])
+            keep = _finite_rows(logits)
+            return float(tagging.tagging_metrics(sigmoid(logits[keep]), t[keep])["mAP"])
+
+        mAP_of = {cid: r["rows"]["mAP"]["value"] for cid, r in results.items()}
+        verdicts = trust.assess(model_name, conditions, cond_objs, mAP_of, units, targets, clean, run_dir, map_fn)
+        meta["trust"][model_name] = verdicts
+        clean_ap = results[clean_id]["ap"]
+        for c, obj in zip(conditions, cond_objs):
+            cid = c["id"]
+            res, u = results[cid], units[cid]
+            suspect = bool(verdicts.get(cid, {}).get("suspect", False))
+            key = dict(run_id=run_id, model=model_name, condition=cid, perturbation=c["perturbation"],
+                       param=c["param"] or "", level=_level(c))
+            extra = {"snr_db_mean": _finite_mean(u["snr_db"][res["use"]])}
+            if "pc_min_eps" in u:
+                me = u["pc_min_eps"][res["use"]]
+                extra.update(min_eps_median=float(np.median(me)) if len(me) else math.nan,
+                             min_eps_q25=float(np.quantile(me, 0.25)) if len(me) else math.nan,
+                             min_eps_q75=float(np.quantile(me, 0.75)) if len(me) else math.nan)
+            for name, d in list(res["rows"].items()) + [(k, {"value": v}) for k, v in extra.items()]:
+                metric_rows.append({**key, "metric": name, "value": d["value"], "ci_low": d.get("ci_low", math.nan),
+                                    "ci_high": d.get("ci_high", math.nan), "n_clips": res["n_clips"],
+                                    "n_classes": res["n_classes"], "suspect": suspect})
+            pc = pd.DataFrame({**{k: [v] * n_clips for k, v in key.items()}, "clip_id": clip_ids})
+            pc["snr_db"], pc["linf"], pc["l2"] = u["snr_db"], u["linf"], u["l2"]
+            hits = _hits(u["logits"], targets)
+            pc["top1_hit"], pc["top5_hit"] = hits
+            for k in PER_CLIP_SHIFT:
+                pc[k] = res["per_clip"][k]
+            pc["nonfinite"] = ~_finite_rows(u["logits"])
+            pc["bad_input"] = u["bad_input"].astype(bool)
+            pc["min_eps"] = u["pc_min_eps"] if "pc_min_eps" in u else np.nan
+            clip_frames.append(pc)
+            cls = [("AP", res["ap"]), ("AUC", res["auc"]), ("delta_AP", res["ap"] - clean_ap)]
+            emb = u.get("embedding")
+            model = models.get(model_name)
+            if emb is not None and model is not None:
+                from audiobench.metrics import latent
+
+                head_fn = _head_fn(model)
+                use = res["use"]
+                cls.append(("convexity", latent.convexity_per_class(emb[use], targets[use], head_fn, seed=seed)))
+                cls.append(("density", latent.density_per_class(emb[use], targets[use])))
+            for metric, values in cls:
+                class_frames.append(pd.DataFrame({**{k: [v] * len(values) for k, v in key.items()},
+                                                  "class_index": np.arange(len(values)),
+                                                  "class_name": names[: len(values)], "metric": metric, "value": values}))
+            arrays[f"logits__{model_name}__{cid}"] = u["logits"].astype(np.float32)
+            arrays[f"hist__{model_name}__{cid}"] = np.stack([
+                shift.score_histogram(clean[res["use"]], bins=20), shift.score_histogram(u["logits"][res["use"]], bins=20)
+            ]).astype(np.int64)
+    metrics = pd.DataFrame(metric_rows)
+    R.atomic_write_csv(run_dir / "metrics.csv", metrics)
+    R.atomic_write_parquet(run_dir / "metrics.parquet", metrics)
+    R.atomic_write_csv(run_dir / "per_clip.csv", pd.concat(clip_frames, ignore_index=True))
+    R.atomic_write_csv(run_dir / "per_class.csv", pd.concat(class_frames, ignore_index=True))
+    R.atomic_write_npz(run_dir / "scores.npz", **arrays)
+
+
+def _head_fn(model):
+    import torch
+
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+
+    @torch.no_grad()
+    def head(z):
+        z = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=device)
+        return model.head(z).float().cpu().numpy()
+
+    return head
+
+
+def _rebuild(cinfo: Dict[str, Any], registry):
+    params = dict(cinfo["params"])
+    kind = params.pop("perturbation", cinfo["perturbation"])
+    cls = registry.get(kind)
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    return cls(**{k: v for k, v in params.items() if k in fields})
+
+
+def _level(c: Dict[str, Any]) -> float:
+    lv = c.get("level")
+    try:
+        return float(lv)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _finite_mean(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if len(x) else math.nan
+
+
+def _hits(logits: np.ndarray, targets: np.ndarray):
+    lg = np.where(np.isfinite(logits), logits, -np.inf)
+    order = np.argsort(-lg, axis=1, kind="stable")[:, :5]
+    top1 = targets[np.arange(len(targets)), order[:, 0]]
+    top5 = np.take_along_axis(targets, order, axis=1).any(axis=1)
+    return top1.astype(bool), top5.astype(bool)
