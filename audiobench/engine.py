@@ -204,6 +204,11 @@ class Runner:
             raise ConfigError(f"--on-bad-clip must be fail or skip, got {cfg.on_bad_clip!r}")
         autocast_context(self.device, cfg.precision)  # validates the name
         self.dataset, self.n_clips = self._open_data()
+        # perturbations that work in seconds or Hz (occlusion) need the dataset's rate
+        cfg.conditions = [
+            c.with_sample_rate(self.dataset.sample_rate) if getattr(c, "needs_sample_rate", False) else c
+            for c in cfg.conditions
+        ]
         self.clip_ids = list(self.dataset.clip_ids[: self.n_clips])
         rc = cfg.result_config()
         rc["data_identity"] = {

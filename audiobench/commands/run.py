@@ -1,0 +1,189 @@
+"""`audiobench run`: the robustness grid (models × perturbations × levels, clean included)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+DEFAULT_MODELS = "toy-cnn,toy-transformer"
+
+# CLI option -> perturbation dataclass field. Level options take comma-separated lists.
+LEVEL_OPTIONS = {
+    "eps": "eps", "snr": "snr_db", "sigma": "sigma", "period": "period_s", "span": "span_s",
+    "fraction": "fraction", "band": "band_hz",
+}
+SCALAR_OPTIONS = {
+    "pattern": "pattern", "norm": "norm", "steps": "steps", "step_size": "step_size", "restarts": "restarts",
+    "fill": "fill", "fill_level": "fill_level_db", "eps_max": "eps_max", "epochs": "epochs",
+}
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def build_conditions(noises: list[str], options: dict):
+    """Expand --noise kinds and level options into the list of conditions (clean first)."""
+    import dataclasses
+
+    from audiobench.errors import ConfigError
+    from audiobench.perturb import PERTURBATIONS
+    from audiobench.perturb.grid import expand_grid, parse_levels
+
+    given = {k: v for k, v in options.items() if v is not None}
+    used = set()
+    conditions = [PERTURBATIONS.get("none")()]
+    for kind in noises:
+        cls = PERTURBATIONS.get(kind)  # unknown name -> "did you mean"
+        if kind == "none":
+            continue
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kw = {}
+        for opt, field in {**LEVEL_OPTIONS, **SCALAR_OPTIONS}.items():
+            if opt in given and field in fields:
+                value = given[opt]
+                if opt in LEVEL_OPTIONS:
+                    value = _split(value) if field == "band_hz" else parse_levels(value)
+                    if not value:
+                        raise ConfigError(f"--{opt.replace('_', '-')}: no levels given")
+                kw[field] = value
+                used.add(opt)
+        conditions.extend(expand_grid(kind, **kw))
+    unused = sorted(set(given) - used)
+    if unused:
+        opts = ", ".join("--" + u.replace("_", "-") for u in unused)
+        raise ConfigError(f"{opts} does not apply to --noise {','.join(noises)}")
+    seen = {}
+    for c in conditions:
+        if c.condition_id in seen:
+            raise ConfigError(f"condition {c.condition_id} appears twice in the grid")
+        seen[c.condition_id] = c
+    return conditions
+
+
+def parse_checkpoints(value: str | None, models: list[str]) -> dict:
+    from audiobench.errors import ConfigError
+
+    if not value:
+        return {}
+    out = {}
+    for part in _split(value):
+        if "=" in part:
+            name, path = part.split("=", 1)
+            if name not in models:
+                raise ConfigError(f"--checkpoint {part}: model {name!r} is not in --model")
+            out[name] = str(Path(path).expanduser())
+        elif len(models) == 1:
+            out[models[0]] = str(Path(part).expanduser())
+        else:
+            raise ConfigError("--checkpoint with several models must be NAME=PATH[,NAME=PATH...]")
+    return out
+
+
+@click.command("run")
+@click.option("--model", "models", default=DEFAULT_MODELS, help="Registered model name(s), comma-separated (audiobench list models).")
+@click.option("--noise", "noises", default="none", help="Perturbation kind(s), comma-separated (audiobench list perturbations); the clean condition is always included.")
+@click.option("--eps", default=None, help="Attack budget(s) in waveform units (linf: max |delta|; l2: ||delta||_2), comma list.")
+@click.option("--snr", default=None, help="Gaussian noise SNR level(s) in dB, comma list (inf = clean).")
+@click.option("--sigma", default=None, help="Gaussian noise standard deviation(s) in waveform units, comma list.")
+@click.option("--pattern", default=None, help="Occlusion pattern: alternate, first, middle, last, *-concat, random, band.")
+@click.option("--period", default=None, help="Occlusion block period(s) in seconds, comma list.")
+@click.option("--span", default=None, help="Occlusion span(s) in seconds (first/middle/last), comma list.")
+@click.option("--fraction", default=None, help="Occluded fraction(s) for pattern random, comma list.")
+@click.option("--band", default=None, help="Frequency band(s) to mask, LO-HI in Hz, comma list.")
+@click.option("--fill", default=None, help="Occlusion fill: silence or noise.")
+@click.option("--fill-level", type=float, default=None, help="Occlusion noise fill level in dBFS.")
+@click.option("--norm", default=None, help="Attack norm: linf or l2.")
+@click.option("--steps", type=int, default=None, help="Attack iterations (default per attack: 10).")
+@click.option("--step-size", type=float, default=None, help="Attack step size in waveform units (default: a fraction of eps).")
+@click.option("--restarts", type=int, default=None, help="Attack random restarts (per-clip worst case kept).")
+@click.option("--eps-max", type=float, default=None, help="min-eps: upper end of the bisection.")
+@click.option("--epochs", type=int, default=None, help="universal: passes over the data to learn the perturbation.")
+@click.option("--data", default=None, help="Data manifest (name or .json), HDF5 shard, or AST JSON datafile. Default: the embedded toy set.")
+@click.option("--data-root", default=None, envvar="AUDIOBENCH_DATA", help="Root that manifest shard paths are relative to.")
+@click.option("--checkpoint", default=None, help="Checkpoint PATH (one model) or NAME=PATH,... (several).")
+@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=int, default=16)
+@click.option("--limit", type=int, default=None, help="Use only the first N clips (smoke runs).")
+@click.option("--seed", type=int, default=0, help="Run seed; every random draw is keyed by (seed, clip id, condition).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", help="bf16 autocast (losses stay fp32).")
+@click.option("--bootstrap", type=int, default=1000, help="Bootstrap resamples for confidence intervals (0 = none).")
+@click.option("--out", default="results", type=click.Path(file_okay=False), help="Results directory.")
+@click.option("--run-id", default=None, help="Run folder name (default: UTC time + config hash). Rerunning into it resumes.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run --run-id (or the latest run with the same config).")
+@click.option("--save-audio", type=int, default=0, help="Write the first N perturbed clips of each condition as WAV.")
+@click.option("--on-bad-clip", type=click.Choice(["fail", "skip"]), default="fail", help="Clips with NaN/inf or out-of-range samples.")
+@click.option("--no-trust-checks", is_flag=True, help="Skip the attack trust checks (FGSM / same-L2 noise references, 10x eps).")
+@click.option("--random-weights", is_flag=True, hidden=True, help="Benchmarks only: random model weights.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def run(models, noises, eps, snr, sigma, pattern, period, span, fraction, band, fill, fill_level, norm, steps, step_size,
+        restarts, eps_max, epochs, data, data_root, checkpoint, device, batch_size, limit, seed, precision, bootstrap, out,
+        run_id, resume, save_audio, on_bad_clip, no_trust_checks, random_weights, quiet):
+    """Run models over a dataset, clean and under each perturbation at each level.
+
+    \b
+    Examples:
+      audiobench run --model toy-cnn --noise pgd --eps 0.002
+      audiobench run --model efficientat-mn04 --noise gaussian,pgd --snr 30,20,10 --eps 0.001,0.002
+      audiobench run --noise occlusion --pattern alternate --period 1,0.5,0.25
+    """
+    from audiobench.engine import RunConfig, Runner, StopRequested
+    from audiobench.errors import ConfigError
+
+    model_list = _split(models)
+    if not model_list:
+        raise ConfigError("--model: no model given")
+    from audiobench.models import MODELS
+
+    for m in model_list:
+        MODELS.get(m)
+    noise_list = _split(noises) or ["none"]
+    options = dict(eps=eps, snr=snr, sigma=sigma, pattern=pattern, period=period, span=span, fraction=fraction, band=band,
+                   fill=fill, fill_level=fill_level, norm=norm, steps=steps, step_size=step_size, restarts=restarts,
+                   eps_max=eps_max, epochs=epochs)
+    conditions = build_conditions(noise_list, options)
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    if bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be >= 0, got {bootstrap}")
+    if resume and not run_id:
+        run_id = _latest_matching_run(Path(out))
+    config = RunConfig(
+        models=model_list, conditions=conditions, data=data, data_root=data_root,
+        checkpoints=parse_checkpoints(checkpoint, model_list), device=device, batch_size=batch_size, limit=limit,
+        seed=seed, out=Path(out), run_id=run_id, resume=resume, precision=precision, bootstrap=bootstrap,
+        save_audio=save_audio, weights="random" if random_weights else "default", trust_checks=not no_trust_checks,
+        on_bad_clip=on_bad_clip,
+    )
+    runner = Runner(config, progress=not quiet, log=lambda m: click.echo(m, err=True))
+    try:
+        run_dir = runner.run()
+    except StopRequested as stop:
+        click.echo(
+            f"stopped by {stop.args[0]} after storing finished batches; resume with: "
+            f"audiobench {' '.join(sys.argv[1:]) if sys.argv[1:] else 'run'} --run-id {runner.run_id} --resume",
+            err=True,
+        )
+        sys.exit(130)
+    from audiobench.summary import print_run_summary
+
+    print_run_summary(run_dir)
+    click.echo(f"results: {run_dir}")
+
+
+def _latest_matching_run(out: Path):
+    """--resume without --run-id: the newest incomplete run folder in ``out`` (None if none)."""
+    import json
+
+    best = None
+    if out.is_dir():
+        for p in sorted(out.iterdir()):
+            try:
+                meta = json.loads((p / "run.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if not meta.get("complete"):
+                best = p.name
+    return best
