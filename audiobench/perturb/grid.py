@@ -1,0 +1,138 @@
+"""Expand CLI-style options into one perturbation per level (the robustness grid).
+
+    expand_grid("pgd", eps=[0.001, 0.002], norm="linf", steps=10)
+    expand_grid("gaussian", snr_db="30,20,inf")
+    expand_grid("occlusion", pattern="alternate", period_s=[1, 0.5])
+
+Any option may be a single value, a list, or a comma-separated string (numbers parsed with
+:func:`parse_levels`); the grid is the cartesian product of all list-valued options, in the order
+given, duplicates removed. ``None`` values are ignored (unset CLI options). CLI spellings
+``snr``, ``period``, ``span``, ``band``, ``fill_level`` are accepted for ``snr_db``, ``period_s``,
+``span_s``, ``band_hz``, ``fill_level_db``. Options that are not fields of the kind are an error,
+unless ``strict=False`` (one option set shared by several kinds in a run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import typing
+from typing import Any, Dict, List
+
+from audiobench.errors import ConfigError
+
+ALIASES = {"snr": "snr_db", "period": "period_s", "span": "span_s", "band": "band_hz", "fill_level": "fill_level_db"}
+
+
+def parse_levels(text: Any) -> List[float]:
+    """'0.001,0.002,inf' -> [0.001, 0.002, inf]; numbers and lists pass through as floats.
+
+    Raises ConfigError on an empty list, junk or NaN.
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        items: List[Any] = [text]
+    elif isinstance(text, str):
+        items = [t.strip() for t in text.split(",")]
+    elif isinstance(text, (list, tuple)):
+        items = list(text)
+    else:
+        raise ConfigError(f"levels must be numbers separated by commas, got {text!r}")
+    if not items or any(isinstance(t, str) and not t for t in items):
+        raise ConfigError(f"levels must be numbers separated by commas, got {text!r}")
+    out = []
+    for t in items:
+        try:
+            if isinstance(t, bool):
+                raise ValueError
+            v = float(t)
+        except (TypeError, ValueError):
+            raise ConfigError(f"level {t!r} in {text!r} is not a number") from None
+        if math.isnan(v):
+            raise ConfigError(f"level {t!r} in {text!r} is NaN")
+        out.append(v)
+    return out
+
+
+def _kind_of(tp) -> str:
+    """'float' | 'int' | 'bool' | 'str' | 'band' from a field's annotation."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is typing.Union:
+        if any(typing.get_origin(a) is tuple for a in args):
+            return "band"
+        tp = args[0] if args else tp
+    if tp is bool:
+        return "bool"
+    if tp is int:
+        return "int"
+    if tp is float:
+        return "float"
+    return "str"
+
+
+def _values(kind: str, name: str, field: str, value: Any) -> List[Any]:
+    """The list of values an option stands for, coerced to the field's kind."""
+    if kind in ("float", "int"):
+        vals = parse_levels(value)
+        if kind == "int":
+            bad = [v for v in vals if not (math.isfinite(v) and v.is_integer())]
+            if bad:
+                raise ConfigError(f"{name} {field} must be an integer, got {bad[0]!r}")
+            return [int(v) for v in vals]
+        return vals
+    if kind == "bool":
+        items = value if isinstance(value, (list, tuple)) else (value.split(",") if isinstance(value, str) else [value])
+        out = []
+        for v in items:
+            if isinstance(v, bool):
+                out.append(v)
+            elif isinstance(v, str) and v.strip().lower() in ("true", "yes", "1", "false", "no", "0"):
+                out.append(v.strip().lower() in ("true", "yes", "1"))
+            else:
+                raise ConfigError(f"{name} {field} must be true/false, got {v!r}")
+        return out
+    if kind == "band":
+        # "500-2000", ["0-500", "500-2000"], (500, 2000), [(0, 500), (500, 2000)], "0-500,500-2000"
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",")]
+        if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+            return [tuple(value)]
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        return [value]
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",")]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def expand_grid(kind: str, *, strict: bool = True, **options: Any) -> list:
+    """One validated perturbation per combination of option values (see module docstring)."""
+    from audiobench.perturb import PERTURBATIONS
+
+    cls = PERTURBATIONS.get(kind)  # unknown kind -> "did you mean"
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    names, value_lists = [], []
+    for key, value in options.items():
+        if value is None:
+            continue
+        field = ALIASES.get(key, key).replace("-", "_")
+        if field not in fields:
+            if strict:
+                raise ConfigError(f"perturbation {kind!r} has no option {key!r}; options: {', '.join(fields) or 'none'}")
+            continue
+        vals = _values(_kind_of(hints[field]), kind, field, value)
+        if not vals:
+            raise ConfigError(f"{kind} {field}: empty list of values")
+        names.append(field)
+        value_lists.append(vals)
+    out, seen = [], set()
+    for combo in itertools.product(*value_lists):
+        p = cls(**dict(zip(names, combo)))
+        key = p.condition_key()
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
