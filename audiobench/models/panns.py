@@ -213,6 +213,7 @@ _FRONTEND = {
     "fmax_hz": 14000.0,
     "mel": "librosa slaney",
     "log": "10*log10(clamp(mel_power, 1e-10)); ref 1.0; top_db None",
+    "normalisation": "bn0: BatchNorm2d over the 64 mel bins, running stats from the checkpoint",
 }
 _ZENODO = "https://zenodo.org/record/3987831/files/{}?download=1"
 _LICENCE = "CC-BY-4.0 (Zenodo record 3987831); code MIT"
@@ -250,7 +251,7 @@ for _name, _cls, _block, _channels, _file, _sha, _map, _params in _MODELS:
                          f"logits = pre-sigmoid fc_audioset; embedding = relu(fc1) ({_channels[-1]}-d)"),
             sample_rate=32000,
             frontend=dict(_FRONTEND),
-            normalisation={"type": "bn0 (BatchNorm2d over the 64 mel bins, running stats from the checkpoint)"},
+            normalisation={},  # learnt: bn0 inside the network (see frontend["normalisation"])
             weights=WeightsSpec(
                 file_name=_file,
                 url=_ZENODO.format(_file.replace("=", "%3D")),
