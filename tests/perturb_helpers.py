@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -51,6 +53,17 @@ class LinearTagger(AudioTagger):
 
     def forward_features(self, features):
         return (features * self.w).sum(dim=-1, keepdim=True) + self.b
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Tiny tensors on a loaded shared machine: intra-op threads only add contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def waves(n: int, samples: int, seed: int = 0, amp: float = 0.5) -> torch.Tensor:

@@ -12,7 +12,13 @@ from audiobench.perturb import PERTURBATIONS
 from audiobench.perturb.base import AttackTrace, realised_snr_db
 from audiobench.perturb.noise import GaussianNoise, add_noise_at_snr
 from audiobench.perturb.occlusion import Occlusion, band_bins, occlusion_mask
-from perturb_helpers import SR, rng_for, waves
+from perturb_helpers import one_thread, SR, rng_for, waves
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
 
 
 def test_none_is_identity_copy():
