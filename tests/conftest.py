@@ -27,3 +27,50 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     """Every test gets its own AUDIOBENCH_HOME unless it sets one: no test touches ~/.cache."""
     if "AUDIOBENCH_HOME" not in os.environ or os.environ.get("AUDIOBENCH_TEST_SHARED_HOME") is None:
         monkeypatch.setenv("AUDIOBENCH_HOME", str(tmp_path_factory.getbasetemp() / "audiobench_home"))
+
+
+# -- data layer ------------------------------------------------------------------------------------
+class TinyShard:
+    """A tiny seeded PANNs-layout shard written with raw h5py (independent of audiobench's writer).
+
+    12 clips of 4000 int16 samples (0.25 s at 16 kHz), targets in the 527-class AudioSet space with
+    positives only in classes 0-2; class ``empty_class`` (3) is "used" but has no positives.
+    """
+
+    def __init__(self, path, clip_ids, waveform_int16, targets, sample_rate, empty_class):
+        self.path = path
+        self.clip_ids = clip_ids
+        self.waveform_int16 = waveform_int16
+        self.targets = targets
+        self.sample_rate = sample_rate
+        self.empty_class = empty_class
+
+    @property
+    def waveform(self):
+        return self.waveform_int16.astype("float32") / 32767.0
+
+
+def write_tiny_shard(path, n_clips=12, num_samples=4000, n_classes=527, seed=1234, sample_rate=16000, prefix="clip"):
+    import h5py
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    wav = rng.integers(-30000, 30001, size=(n_clips, num_samples), dtype=np.int16)
+    wav[0, :5] = [32767, -32767, 0, 1, -1]  # exact values for conversion tests
+    tgt = np.zeros((n_clips, n_classes), dtype=bool)
+    tgt[:, :3] = rng.random((n_clips, 3)) < 0.4
+    tgt[0, :3] = [True, False, True]  # every used class has a positive and a negative
+    tgt[1, :3] = [False, True, False]
+    ids = [f"Y{prefix}{seed}_{i:03d}.wav" for i in range(n_clips)]
+    with h5py.File(path, "w") as f:
+        f.attrs["sample_rate"] = sample_rate
+        f.create_dataset("audio_name", data=np.array([c.encode() for c in ids], dtype="S32"))
+        f.create_dataset("waveform", data=wav)
+        f.create_dataset("target", data=tgt)
+    return TinyShard(Path(path), ids, wav, tgt, sample_rate, empty_class=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_shard(tmp_path_factory) -> TinyShard:
+    """A tiny seeded HDF5 shard (see :class:`TinyShard`); read-only, shared by the session."""
+    return write_tiny_shard(tmp_path_factory.mktemp("tiny_shard") / "tiny.h5")

@@ -1,7 +1,7 @@
 """Decoding audio files to fixed-length mono float32 clips.
 
-soundfile (libsndfile: WAV, FLAC, OGG and, from libsndfile 1.1, MP3) first; librosa (audioread /
-ffmpeg backends) as the fallback for what libsndfile cannot read. Channels are averaged to mono,
+soundfile (libsndfile: WAV, FLAC, OGG and, from libsndfile 1.1, MP3) first; for other formats
+(MP3 with an older libsndfile, M4A, ...) librosa (audioread / ffmpeg backends) as the fallback. Channels are averaged to mono,
 the rate is changed with ``torchaudio.functional.resample`` (the same resampler the models use),
 and the clip is zero-padded or trimmed at the end to ``num_samples``.
 """
@@ -16,6 +16,8 @@ import numpy as np
 
 from audiobench.errors import DataError
 
+# Formats libsndfile decodes itself (no fallback is tried for them).
+SNDFILE_NATIVE = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aiff", ".aif")
 
 
@@ -33,8 +35,11 @@ def decode_audio(path: Union[str, Path]) -> Tuple[np.ndarray, int]:
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
         return data, int(sr)
-    except Exception as sf_exc:  # libsndfile raises several types; try the fallback
+    except Exception as sf_exc:  # libsndfile raises several types
         first = _one_line(sf_exc)
+    if path.suffix.lower() in SNDFILE_NATIVE:
+        # libsndfile reads these completely; no other decoder would do better.
+        raise DataError(f"audio file {path} cannot be decoded: {first}")
     try:
         import librosa
 

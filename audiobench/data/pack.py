@@ -289,6 +289,10 @@ def update_manifest(
     clip_ids: List[str] = []
     for s in shards:
         clip_ids += inspect_shard(resolve_inside(root, s.path, f"manifest {manifest_path}")).clip_ids
+    if len(set(clip_ids)) != len(clip_ids):
+        seen = set()
+        dup = next(c for c in clip_ids if c in seen or seen.add(c))
+        raise DataError(f"manifest {manifest_path}: clip id {dup!r} of shard {shard} is already in another shard; clip ids must be unique")
     m = Manifest(
         name=name,
         description=description,
