@@ -45,6 +45,11 @@ def predict(model_name, checkpoint, top_k, save_logits, device, batch_size, limi
     from audiobench.errors import ConfigError
     from audiobench.models.loading import load_model
 
+    from audiobench.errors import DataError
+
+    for text in inputs:  # fail before the (slow) model load on a mistyped path
+        if not _is_dataset(text) and not Path(text).expanduser().is_file():
+            raise DataError(f"audio file {text} does not exist")
     dev = _pick_device(device)
     model = load_model(model_name, checkpoint=checkpoint, device=dev)
     if save_logits is not None and not save_logits.parent.exists():
@@ -129,7 +134,6 @@ def _batches(inputs: Sequence[str], sample_rate: int, batch_size: int, limit: Op
 
 
 def _decode_file(path: str, sample_rate: int):
-    import numpy as np
     import torch
 
     from audiobench.data.audio import load_clip
@@ -138,7 +142,9 @@ def _decode_file(path: str, sample_rate: int):
     wave = load_clip(path, sample_rate)
     if wave.shape[0] < MIN_SECONDS * sample_rate:
         raise DataError(f"audio file {path} is too short to tag ({wave.shape[0] / sample_rate:.3f} s < {MIN_SECONDS} s)")
-    return torch.from_numpy(np.clip(wave, -1.0, 1.0))
+    # not clipped: a full-scale clip resampled to another rate may overshoot 1.0 slightly, and
+    # that is what the model's own resampler would feed the front end too
+    return torch.from_numpy(wave)
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -177,7 +183,9 @@ def _print_table(ids, logits, names, top_k, model_name) -> None:
         for r, c in enumerate(order):
             table.add_row(cid if r == 0 else "", str(r + 1), names[c], f"{probs[i, c]:.3f}",
                           end_section=(r == k - 1))
-    console = Console(width=None if click.get_text_stream("stdout").isatty() else 160, soft_wrap=False)
+    import sys
+
+    console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=False)
     console.print(table)
 
 
