@@ -235,6 +235,9 @@ def test_universal_fit_stays_in_ball_and_raises_loss(model):
     assert torch.equal(u2.delta, u3.delta)
     with pytest.raises(ConfigError, match="samples"):
         u2(waves(1, N + 1))
+    u4 = Universal(eps=0.05)
+    u4.load_state(u2.state_dict())  # resume path of the engine
+    assert torch.equal(u4(x), u2(x))
 
 
 # --------------------------------------------------------------------------- feature domain
@@ -282,6 +285,7 @@ def test_min_eps_bisection():
     p = MinEps(eps_max=0.05, probes=10, steps=10, top_k=1)
     y = p(x, model=m, targets=t, rng=rng_for(range(4)), trace=tr)
     found = torch.tensor(tr.per_clip["min_eps"])
+    assert len(tr.per_clip["bad_grad_steps"]) == 4 and tr.n_clips == 4 and len(tr.loss_per_step) == 11
     exact = margins / w.abs().sum()  # linf eps that exactly cancels the margin
     assert math.isinf(float(found[3]))  # margin 2 is out of reach within eps_max
     assert torch.all(found[:3] >= exact[:3] * 0.999) and torch.all(found[:3] <= exact[:3] + 0.05 / 2**9 + 1e-6)
@@ -295,6 +299,7 @@ def test_min_eps_bisection():
     tr2 = AttackTrace()
     p(x[:2], model=m, targets=t2[:2], rng=rng_for(range(2)), trace=tr2)
     assert math.isnan(tr2.per_clip["min_eps"][0]) and tr2.per_clip["min_eps"][1] == 0.0
+    assert tr2.per_clip["bad_grad_steps"] == [0.0, 0.0] and tr2.n_clips == 0
 
 
 # --------------------------------------------------------------------------- grid

@@ -10,7 +10,7 @@ import torch
 
 from audiobench.perturb import register_perturbation
 from audiobench.perturb.attacks import _check_model, _check_targets, pgd
-from audiobench.perturb.base import Perturbation, check_finite, check_int
+from audiobench.perturb.base import AttackTrace, Perturbation, check_finite, check_int
 
 
 def labels_in_topk(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
@@ -83,9 +83,20 @@ class MinEps(Perturbation):
         has_label = targets.bool().any(dim=1).cpu()
         result[has_label & ~ok] = 0.0
         active = (has_label & ok).nonzero().flatten().tolist()
+        bad_steps_all = torch.zeros(B, dtype=torch.float64)
         if active:
             idx = torch.tensor(active, device=x.device)
-            xa = self._attack(model, x[idx], targets[idx], self.eps_max, rng.subset(active), trace)
+            probe_trace = AttackTrace() if trace is not None else None
+            xa = self._attack(model, x[idx], targets[idx], self.eps_max, rng.subset(active), probe_trace)
+            if trace is not None:
+                # loss per step and gradient counts of the eps_max probe; per-clip lists cover
+                # every clip of the batch (0 bad steps for clips that were not attacked)
+                for t, (s_, n_) in enumerate(zip(probe_trace.loss_sum_per_step, probe_trace.n_per_step)):
+                    trace.add_step(t, s_ / n_, n_)
+                trace.add_clips(len(active), probe_trace.bad_grad_clips)
+                full = torch.zeros(B, dtype=torch.float64)
+                full[torch.tensor(active)] = torch.tensor(probe_trace.per_clip["bad_grad_steps"], dtype=torch.float64)
+                bad_steps_all = full
             with torch.no_grad():
                 still = labels_in_topk(model(xa), targets[idx], self.top_k).cpu()
             out[idx] = xa
@@ -112,6 +123,7 @@ class MinEps(Perturbation):
                 result[i] = hi[i]
         if trace is not None:
             trace.add_per_clip("min_eps", result)
+            trace.add_per_clip("bad_grad_steps", bad_steps_all)
         return out, result
 
     def __call__(self, waveform, *, model=None, targets=None, rng=None, trace=None):

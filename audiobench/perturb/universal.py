@@ -75,6 +75,18 @@ class Universal(Perturbation):
         eps = torch.tensor([self.eps])
         self._delta = project(torch.zeros(1, d.numel()), d[None], eps, self.norm, None)[0]
 
+    def state_dict(self) -> dict:
+        """What ``fit`` learnt, for storing beside the results (``{"delta": (samples,)}``)."""
+        if self._delta is None:
+            raise ConfigError("universal perturbation has no state before fit()")
+        return {"delta": self._delta.detach().clone()}
+
+    def load_state(self, state: dict) -> None:
+        """Restore a stored ``state_dict()`` (e.g. on resume); delta is re-projected to the ball."""
+        if "delta" not in state:
+            raise ConfigError(f"universal state has no 'delta' (keys: {', '.join(state) or 'none'})")
+        self.set_delta(torch.as_tensor(state["delta"]))
+
     def fit(
         self,
         model,
