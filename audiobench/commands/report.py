@@ -30,14 +30,18 @@ def report(paths, fmt, out, allow_mixed, include_incomplete, width):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        runs = collect_runs(paths or ("results",), include_incomplete=include_incomplete, allow_mixed=allow_mixed)
-    for w in caught:
-        click.echo(f"warning: {w.message}", err=True)
+        try:
+            runs = collect_runs(paths or ("results",), include_incomplete=include_incomplete,
+                                allow_mixed=allow_mixed)
+        finally:  # warnings first, also when collecting fails (e.g. every run was incomplete)
+            for w in caught:
+                click.echo(f"warning: {w.message}", err=True)
 
     if fmt == "html":
         out = out or Path("report.html")
         files = write_report(runs, "html", out)
-        click.echo(f"wrote {files[0]} ({len(files) - 1} plots also saved as PNG in {files[0].parent / (files[0].stem + '_files')})")
+        assets = files[0].parent / f"{files[0].stem}_files"
+        click.echo(f"wrote {files[0]} ({len(files) - 1} plots also saved as PNG in {assets})")
         return
     if out is not None:
         write_report(runs, fmt, out)

@@ -247,6 +247,8 @@ def find_run_folders(paths: Iterable[Path | str]) -> list[Path]:
             raise ResultsError(f"{p}: not a folder (give a results folder or a run folder)")
         if (p / "run.json").exists():
             candidates = [p]
+        elif any((p / name).exists() for name in ("metrics.csv", "scores.npz", "per_clip.csv")):
+            raise ResultsError(f"{p / 'run.json'}: file is missing (a run folder without its provenance)")
         else:
             candidates = sorted(c for c in p.iterdir() if c.is_dir() and (c / "run.json").exists())
             if not candidates:

@@ -32,11 +32,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "plot"
 
 
-def _new_figure(w: float, h: float):
+def _new_figure(w: float, h: float, layout: str | None = "constrained"):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(w, h), dpi=100, layout="constrained")
+    fig = Figure(figsize=(w, h), dpi=100, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -136,6 +136,8 @@ def robustness_curves(view: ReportView, metric: str = "mAP") -> list[Plot]:
 
 # -- score histograms ----------------------------------------------------------------------------
 def score_histograms(view: ReportView) -> list[Plot]:
+    from matplotlib.ticker import NullLocator
+
     out = []
     for e in view.entries:
         panels = []
@@ -149,13 +151,18 @@ def score_histograms(view: ReportView) -> list[Plot]:
             continue
         ncols = min(4, len(panels))
         nrows = math.ceil(len(panels) / ncols)
-        fig = _new_figure(3.2 * ncols, 2.5 * nrows + 0.4)
+        # Fixed margins, not constrained layout: laying out many log axes is slow (seconds).
+        height = 2.5 * nrows + 0.4
+        fig = _new_figure(3.2 * ncols, height, layout=None)
+        fig.subplots_adjust(left=0.07, right=0.98, bottom=0.55 / height + 0.02, top=1 - 0.7 / height,
+                            wspace=0.3, hspace=0.55)
         for k, (c, h) in enumerate(panels):
             ax = fig.add_subplot(nrows, ncols, k + 1)
             edges = np.linspace(0.0, 1.0, h.shape[1] + 1)
             ax.stairs(np.maximum(h[0], 0.5), edges, fill=True, color="0.75", label="clean")
             ax.stairs(np.maximum(h[1], 0.5), edges, color="C3", linewidth=1.6, label="perturbed")
             ax.set_yscale("log")
+            ax.yaxis.set_minor_locator(NullLocator())
             ax.set_title(c.id, fontsize=9)
             ax.set_xlabel("score", fontsize=8)
             ax.tick_params(labelsize=7)
@@ -220,22 +227,32 @@ def strongest_condition(view: ReportView, e: Entry, with_delta: set[str]) -> str
     return min(swept, key=key).id
 
 
+def delta_ap_extremes(view: ReportView, e: Entry, top: int = TOP_CLASSES):
+    """(condition, least robust rows, most robust rows) of per_class.csv delta_AP for one model,
+    under its strongest condition; None when the run has no ΔAP rows for it."""
+    pcl = e.run.per_class
+    rows = pcl[(pcl["model"] == e.model) & (pcl["metric"] == "delta_AP")]
+    cond = strongest_condition(view, e, set(rows["condition"].unique()))
+    if cond is None:
+        return None
+    r = rows[rows["condition"] == cond]
+    r = r[np.isfinite(r["value"].to_numpy(dtype=float))].sort_values(["value", "class_index"])
+    if r.empty:
+        return None
+    return cond, r.head(top), r.tail(top).iloc[::-1]
+
+
 def delta_ap(view: ReportView, top: int = TOP_CLASSES) -> list[Plot]:
     out = []
     for e in view.entries:
-        pcl = e.run.per_class
-        rows = pcl[(pcl["model"] == e.model) & (pcl["metric"] == "delta_AP")]
-        cond = strongest_condition(view, e, set(rows["condition"].unique()))
-        if cond is None:
+        found = delta_ap_extremes(view, e, top)
+        if found is None:
             continue
-        r = rows[rows["condition"] == cond]
-        r = r[np.isfinite(r["value"].to_numpy(dtype=float))].sort_values(["value", "class_index"])
-        if r.empty:
-            continue
-        least = r.head(top)
-        most = r.tail(top).iloc[::-1]
+        cond, least, most = found
         n = max(len(least), len(most))
-        fig = _new_figure(11.0, 0.24 * n + 1.4)
+        height = 0.24 * n + 1.4
+        fig = _new_figure(11.0, height, layout=None)  # fixed margins: constrained layout is slow here
+        fig.subplots_adjust(left=0.16, right=0.98, wspace=0.5, bottom=0.6 / height, top=1 - 0.55 / height)
         for k, (part, title, color) in enumerate(((least, f"{len(least)} least robust classes", "C3"),
                                                   (most, f"{len(most)} most robust classes", "C2"))):
             ax = fig.add_subplot(1, 2, k + 1)
