@@ -241,6 +241,37 @@ def test_batch_consistency_small(small):
             assert (ours(x[i : i + 1])[0] - batch[i]).abs().max().item() < 1e-5
 
 
+def test_layout_conversion_both_directions(small, tmp_path):
+    """current ↔ legacy key layouts (transformers 5.x modules ↔ 4.x modules / hub files)."""
+    from safetensors.torch import load_file
+
+    from audiobench.models.ast import to_net_layout
+
+    hf, _ = small
+    current = hf.state_dict()
+    hf.save_pretrained(str(tmp_path))
+    legacy = load_file(str(tmp_path / "model.safetensors"))
+    assert any(".encoder.layer.0.attention.attention.query." in k for k in legacy)
+    # legacy → current, and current → legacy (what a transformers 4.x module would need)
+    to_current = to_net_layout(legacy, current.keys())
+    assert to_current.keys() == current.keys()
+    assert all(torch.equal(to_current[k], current[k]) for k in current)
+    to_legacy = to_net_layout(current, legacy.keys())
+    assert to_legacy.keys() == legacy.keys()
+    assert all(torch.equal(to_legacy[k], legacy[k]) for k in legacy)
+    # the original layout converts to either target
+    original = _to_original_layout(current)
+    assert to_net_layout(original, legacy.keys()).keys() == legacy.keys()
+
+
+def test_compiles_without_graph_breaks(small):
+    import torch._dynamo as dynamo
+
+    _, ours = small
+    explanation = dynamo.explain(ours)(_waveform(n=8000, batch=1))
+    assert explanation.graph_break_count == 0
+
+
 def test_gradient_reaches_waveform_through_resampler(small):
     hf, _ = small
     ours = ASTTagger(AST_SPEC, sample_rate=32000, arch=SMALL).eval()
