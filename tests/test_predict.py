@@ -33,20 +33,22 @@ def vocab_csv(shared_dir):
 
 def test_files_table_and_saved_logits(shared_dir, vocab_csv, tmp_path):
     clips = shared_dir / "clips"
-    inputs = [clips / "Y--BfvyPmVMo.wav", clips / "cc0_cat.mp3", clips / "fs_birds1.wav"]  # 16 kHz float, mp3, stereo 44.1 kHz
+    stereo = tmp_path / "stereo.wav"  # int16 stereo at 44.1 kHz
+    sf.write(stereo, (0.1 * np.random.default_rng(5).standard_normal((44100, 2))), 44100, subtype="PCM_16")
+    inputs = [clips / "Y--BfvyPmVMo.wav", clips / "cc0_cat.mp3", stereo]  # 16 kHz float WAV, mp3 48 kHz, stereo
     out = tmp_path / "logits.npz"
     res = _run("--model", "efficientat-mn04", "--checkpoint", shared_dir / MN04, "--vocab", vocab_csv,
                "--top-k", 3, "--save-logits", out, *inputs)
     assert res.exit_code == 0, res.output
     assert "Hammer" in res.output and "0.458" in res.output and "Y--BfvyPmVMo.wav" in res.output
-    assert "cc0_cat.mp3" in res.output and "fs_birds1.wav" in res.output
+    assert "cc0_cat.mp3" in res.output and "stereo.wav" in res.output
     with np.load(out) as d:
-        assert list(d["clip_ids"]) == ["Y--BfvyPmVMo.wav", "cc0_cat.mp3", "fs_birds1.wav"]
+        assert list(d["clip_ids"]) == ["Y--BfvyPmVMo.wav", "cc0_cat.mp3", "stereo.wav"]
         logits = d["logits"]
         assert d["checkpoint_sha256"].item().startswith("899a8c62")
     assert logits.shape == (3, 527) and logits.dtype == np.float32
     assert int(np.argmax(logits[0])) == 419
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["logits.npz"]  # no temp file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logits.npz", "stereo.wav"]  # no temp file left
 
     # same numbers as the Python API on the same decoded audio
     from audiobench.data.audio import load_clip
@@ -64,7 +66,7 @@ def test_weights_from_audiobench_weights_and_input_order(shared_dir, vocab_csv, 
     paths = []
     for name, seconds in (("a.wav", 1.0), ("b.flac", 1.5), ("c.wav", 1.0), ("d.wav", 1.0)):
         p = tmp_path / name
-        sf.write(p, (0.1 * rng.standard_normal(int(22050 * seconds))).astype(np.float32), 22050)
+        sf.write(p, (0.1 * rng.standard_normal(int(16000 * seconds))).astype(np.float32), 16000)
         paths.append(p)
     outs = []
     for bs in (1, 4):
