@@ -10,7 +10,6 @@ import pickle
 import socket
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -345,3 +344,10 @@ def test_public_api_delegates(monkeypatch):
     _register(monkeypatch, url=None)
     model = audiobench.load_model(NAME, weights="random")
     assert isinstance(model, _Tiny)
+
+
+def test_unpinned_download_warns_with_sha(monkeypatch, server):
+    _register(monkeypatch, url=server.url("/tiny.pt"), sha256=None)
+    with pytest.warns(UserWarning, match=GOOD_SHA):
+        model = load_model(NAME)
+    assert model.checkpoint_sha256 == GOOD_SHA

@@ -7,8 +7,7 @@ Resolution order for a spec's ``weights.file_name`` (``load_model`` tries ``--ch
    toy models ship there);
 2. a download from ``weights.url`` into ``AUDIOBENCH_HOME/weights``: streamed to a temporary file
    in that folder with a progress bar, sha256-checked, then atomically renamed into place, so an
-   interrupted or corrupt download never leaves a file under the final name. ``hf://<repo_id>``
-   URLs fetch a Hugging Face hub snapshot into the folder ``weights/<file_name>/``;
+   interrupted or corrupt download never leaves a file under the final name;
 3. otherwise a one-line :class:`~audiobench.errors.WeightsError` saying how to supply the file.
 
 Downloads are skipped when ``AUDIOBENCH_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``) and connections give
@@ -105,8 +104,6 @@ def resolve_weights(spec: ModelSpec, download: bool = True) -> Path:
         reason = "offline mode is on (AUDIOBENCH_OFFLINE/HF_HUB_OFFLINE)"
     else:
         try:
-            if w.url.startswith("hf://"):
-                return _download_hf(w.url[len("hf://"):], target_dir / w.file_name)
             return download_file(w.url, target_dir / w.file_name, w.sha256)
         except WeightsError as exc:
             reason = str(exc)
@@ -173,36 +170,6 @@ def download_file(url: str, dest: Path, sha256: Optional[str] = None, timeout: f
         raise
     _SHA_MEMO[(str(dest.resolve()), dest.stat().st_size, dest.stat().st_mtime_ns)] = got
     return dest
-
-
-def _download_hf(repo: str, dest: Path) -> Path:
-    """Snapshot a Hugging Face hub repository (``repo_id[@revision]``) into folder ``dest``."""
-    repo_id, _, revision = repo.partition("@")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise WeightsError(f"downloading hf://{repo} needs the huggingface_hub package") from None
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=_mkdir(dest.parent)))
-    try:
-        snapshot_download(repo_id, revision=revision or None, local_dir=str(tmp),
-                          etag_timeout=CONNECT_TIMEOUT_S)
-        for junk in tmp.glob(".cache"):  # huggingface_hub's bookkeeping folder
-            import shutil
-
-            shutil.rmtree(junk, ignore_errors=True)
-        os.replace(tmp, dest)
-    except Exception as exc:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise WeightsError(f"download of hf://{repo} failed: {first}") from None
-    return dest
-
-
-def _mkdir(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
 
 
 def _weights_spec(spec: ModelSpec) -> WeightsSpec:
