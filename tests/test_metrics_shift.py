@@ -139,3 +139,15 @@ def test_delta_ap_per_class():
         ref = average_precision_score(t[:, j], pert[:, j]) - average_precision_score(t[:, j], clean[:, j])
         assert d[j] == pytest.approx(ref, abs=1e-10)
     assert np.all(delta_ap_per_class(clean, clean, t)[:4] == 0)
+
+
+def test_spearman_and_jaccard_match_references_on_tied_data():
+    rng = np.random.default_rng(5)
+    x = np.round(rng.normal(size=(40, 30)), 0)  # heavy ties
+    y = np.round(x + rng.normal(size=(40, 30)), 0)
+    s = shift_statistics(x, y, np.zeros((40, 30), bool))
+    for i in range(40):
+        assert s["spearman"][i] == pytest.approx(spearmanr(x[i], y[i]).statistic, abs=1e-12)
+        top_x = set(np.argsort(-x[i], kind="stable")[:5])
+        top_y = set(np.argsort(-y[i], kind="stable")[:5])
+        assert s["top5_jaccard"][i] == pytest.approx(len(top_x & top_y) / len(top_x | top_y))

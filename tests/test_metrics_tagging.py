@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import norm
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from audiobench.metrics import METRICS
@@ -89,7 +90,7 @@ def test_tagging_metrics_means_and_counts():
     ap_ref, auc_ref = _sklearn_per_class(scores, targets)
     assert m["mAP"] == pytest.approx(np.nanmean(ap_ref), abs=1e-10)
     assert m["mAUC"] == pytest.approx(np.nanmean(auc_ref), abs=1e-10)
-    assert m["d_prime"] == pytest.approx(math.sqrt(2) * __import__("scipy").stats.norm.ppf(m["mAUC"]), abs=1e-12)
+    assert m["d_prime"] == pytest.approx(math.sqrt(2) * norm.ppf(m["mAUC"]), abs=1e-12)
     assert m["n_classes"] == int((~np.isnan(ap_ref)).sum()) == scores.shape[1] - 1
     assert m["n_classes_auc"] == scores.shape[1] - 2
     assert m["n_clips"] == scores.shape[0] and m["nonfinite_clips"] == 0

@@ -145,7 +145,7 @@ def weighted_ap_auc(
     counts_nr = np.asarray(counts_nr)
     if counts_nr.ndim != 2 or counts_nr.shape[0] != scores.shape[0]:
         raise ValueError(f"counts must be (N, R) with N = {scores.shape[0]}, got {counts_nr.shape}")
-    if counts_nr.size and (not np.issubdtype(counts_nr.dtype, np.integer) and not np.issubdtype(counts_nr.dtype, np.bool_)):
+    if not (np.issubdtype(counts_nr.dtype, np.integer) or counts_nr.dtype == np.bool_):
         raise TypeError(f"counts must be integers, got dtype {counts_nr.dtype}")
     if counts_nr.size and counts_nr.min() < 0:
         raise ValueError("counts must be non-negative")

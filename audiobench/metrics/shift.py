@@ -38,7 +38,6 @@ from typing import Dict
 
 import numpy as np
 from scipy.special import entr, expit, rel_entr
-from scipy.stats import rankdata
 
 from audiobench.metrics.tagging import _check, ap_auc_per_class, finite_clips
 
@@ -89,18 +88,39 @@ def _js(p, q) -> np.ndarray:
     return np.maximum(js, 0.0)
 
 
-def _topk_mask(x: np.ndarray, k: int) -> np.ndarray:
-    idx = np.argsort(-x, axis=1, kind="stable")[:, :k]
-    mask = np.zeros(x.shape, dtype=bool)
-    np.put_along_axis(mask, idx, True, axis=1)
+def _order_and_ranks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: class order by descending score (stable: ties keep the lower class index first)
+    and the average rank (1 = highest; tied scores share the mean of their ranks) of each class.
+
+    One sort serves both the top-k sets and Spearman (ranks of -x have the same correlation).
+    """
+    n, c = x.shape
+    order = np.argsort(-x, axis=1, kind="stable")
+    v = np.take_along_axis(x, order, axis=1)
+    new = np.ones((n, c), dtype=bool)
+    new[:, 1:] = v[:, 1:] != v[:, :-1]  # first position of each tie group
+    # flat group ids over all rows (a new row always starts a group)
+    gid = np.cumsum(new.ravel()) - 1
+    pos = np.tile(np.arange(c, dtype=np.float64), n)
+    first = np.flatnonzero(new.ravel())
+    size = np.diff(np.append(first, n * c))
+    mean_pos = pos[first] + (size - 1) / 2.0  # mean 0-based position of the group
+    ranks_sorted = (mean_pos[gid] + 1.0).reshape(n, c)
+    ranks = np.empty((n, c), dtype=np.float64)
+    np.put_along_axis(ranks, order, ranks_sorted, axis=1)
+    return order, ranks
+
+
+def _topk_mask(order: np.ndarray, k: int) -> np.ndarray:
+    mask = np.zeros(order.shape, dtype=bool)
+    np.put_along_axis(mask, order[:, :k], True, axis=1)
     return mask
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    rx = rankdata(x, axis=1)  # average ranks for ties
-    ry = rankdata(y, axis=1)
-    rx -= rx.mean(axis=1, keepdims=True)
-    ry -= ry.mean(axis=1, keepdims=True)
+def _spearman(rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
+    """Row-wise Pearson correlation of rank arrays (Spearman's rho with average ranks)."""
+    rx = rx - rx.mean(axis=1, keepdims=True)
+    ry = ry - ry.mean(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         zx = rx / np.sqrt((rx * rx).mean(axis=1, keepdims=True))
         zy = ry / np.sqrt((ry * ry).mean(axis=1, keepdims=True))
@@ -119,7 +139,20 @@ def shift_statistics(clean_logits, pert_logits, targets) -> Dict[str, np.ndarray
     """
     clean, targets = _check(clean_logits, targets)
     pert, _ = _check(pert_logits, targets)
-    n, c = clean.shape
+    n = clean.shape[0]
+    # every statistic is per clip: work in row blocks (bounded memory, cache-friendly)
+    parts = [
+        _shift_block(clean[i : i + _BLOCK], pert[i : i + _BLOCK], targets[i : i + _BLOCK])
+        for i in range(0, max(n, 1), _BLOCK)
+    ]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+_BLOCK = 2048
+
+
+def _shift_block(clean: np.ndarray, pert: np.ndarray, targets: np.ndarray) -> Dict[str, np.ndarray]:
+    c = clean.shape[1]
     ok = finite_clips(clean) & finite_clips(pert)
     x = np.where(ok[:, None], np.asarray(clean, dtype=np.float64), 0.0)
     y = np.where(ok[:, None], np.asarray(pert, dtype=np.float64), 0.0)
@@ -134,9 +167,11 @@ def shift_statistics(clean_logits, pert_logits, targets) -> Dict[str, np.ndarray
     out["entropy_delta"] = h_q - h_p
     out["top1_flip"] = (np.argmax(x, axis=1) != np.argmax(y, axis=1)).astype(np.float64)
     k = min(5, c)
-    ma, mb = _topk_mask(x, k), _topk_mask(y, k)
+    ox, rx = _order_and_ranks(x)
+    oy, ry = _order_and_ranks(y)
+    ma, mb = _topk_mask(ox, k), _topk_mask(oy, k)
     out["top5_jaccard"] = (ma & mb).sum(axis=1) / (ma | mb).sum(axis=1)
-    out["spearman"] = _spearman(x, y)
+    out["spearman"] = _spearman(rx, ry)
     out["abs_dp"] = np.abs(q - p).mean(axis=1)
 
     # compare on the scores themselves (p >= 0.5 <=> logit >= 0)
