@@ -11,6 +11,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from audiobench.metrics._rank import weighted_ap_auc
 from audiobench.metrics.bootstrap import (
     bootstrap_means,
+    bootstrap_shift_summary,
     bootstrap_tagging,
     bootstrap_tagging_values,
     percentile_ci,
@@ -130,3 +131,19 @@ def test_percentile_ci():
     assert percentile_ci(np.arange(101.0)) == pytest.approx((2.5, 97.5), abs=1e-12)
     assert percentile_ci(np.r_[np.arange(101.0), np.nan], level=0.5) == pytest.approx((25, 75), abs=1e-12)
     assert all(math.isnan(v) for v in percentile_ci([np.nan, np.nan]))
+
+
+def test_bootstrap_shift_summary_keys_and_containment():
+    from audiobench.metrics.shift import shift_statistics, summarise_shift
+
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(120, 20))
+    y = x + rng.normal(size=(120, 20))
+    t = rng.random((120, 20)) < 0.2
+    per = shift_statistics(x, y, t)
+    ci = bootstrap_shift_summary(per, n_resamples=200, seed=2)
+    point = summarise_shift(per)
+    assert set(ci) == set(point)
+    for k, (lo, hi) in ci.items():
+        assert lo <= point[k] <= hi, k
+    assert ci["kl_mean"] == pytest.approx(bootstrap_means({"kl": per["kl"]}, n_resamples=200, seed=2)["kl"], rel=1e-12)

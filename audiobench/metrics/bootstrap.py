@@ -42,6 +42,7 @@ __all__ = [
     "bootstrap_tagging_values",
     "bootstrap_tagging",
     "bootstrap_means",
+    "bootstrap_shift_summary",
 ]
 
 # resamples per kernel call: bounds the (N, chunk) count matrix and the (chunk, C) outputs
@@ -154,3 +155,15 @@ def bootstrap_means(
     with np.errstate(invalid="ignore", divide="ignore"):
         means = np.where(dens > 0, sums / np.maximum(dens, 1.0), np.nan)
     return {name: percentile_ci(means[:, i], level) for i, name in enumerate(names)}
+
+
+def bootstrap_shift_summary(
+    per_clip: Dict[str, np.ndarray], n_resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> Dict[str, Tuple[float, float]]:
+    """CIs keyed by the ``metrics.csv`` names of :func:`~audiobench.metrics.shift.summarise_shift`
+    (``kl_mean``, ..., ``true_label_drop_rate``), from the per-clip output of
+    :func:`~audiobench.metrics.shift.shift_statistics`."""
+    from audiobench.metrics.shift import SHIFT_SUMMARY
+
+    ci = bootstrap_means({stat: per_clip[stat] for stat in SHIFT_SUMMARY.values()}, n_resamples, seed, level)
+    return {metric: ci[stat] for metric, stat in SHIFT_SUMMARY.items()}
