@@ -124,6 +124,28 @@ def test_order_is_deterministic_across_opens(two_shards):
     assert runs[0] == runs[1]
 
 
+def test_buffers_are_recycled_only_when_released(two_shards):
+    _, _, mpath = two_shards
+    with open_dataset(mpath) as ds:
+        expected = ds.read(0, len(ds)).waveform
+        # Dropped batches: their buffers come back (few distinct storages for many batches).
+        ptrs = [b.waveform.data_ptr() for b in ds.batches(2, prefetch=2)]
+        assert len(ptrs) == 6 and len(set(ptrs)) < 6
+        # Held views / numpy arrays / tensors keep their data: the pool never reuses them.
+        views, arrays, whole = [], [], []
+        for i, b in enumerate(ds.batches(2, prefetch=2)):
+            (views, arrays, whole)[i % 3].append((b.start, b.waveform[1] if i % 3 == 0 else b.waveform.numpy() if i % 3 == 1 else b.waveform))
+            del b
+        for start, v in views:
+            assert torch.equal(v, expected[start + 1])
+        for start, a in arrays:
+            assert np.array_equal(a, expected[start : start + 2].numpy())
+        for start, w in whole:
+            assert torch.equal(w, expected[start : start + 2])
+        with pytest.raises(ValueError, match="out must be"):
+            ds.read(0, 2, out=torch.empty(3, 4))
+
+
 def test_early_break_stops_prefetch_thread(tiny_shard):
     with open_dataset(tiny_shard.path) as ds:
         it = ds.batches(1, prefetch=2)
@@ -136,7 +158,7 @@ def test_early_break_stops_prefetch_thread(tiny_shard):
 
 def test_producer_error_reaches_consumer(tiny_shard, monkeypatch):
     with open_dataset(tiny_shard.path) as ds:
-        def boom(start, stop):
+        def boom(start, stop, out=None):
             raise DataError("shard x: boom")
 
         monkeypatch.setattr(ds, "read", boom)
