@@ -70,19 +70,91 @@ def condition_metrics(clean_logits: np.ndarray, logits: np.ndarray, targets: np.
     }
 
 
+def model_tables(run_id: str, model_name: str, conditions: List[Dict[str, Any]], logits_by_cond: Dict[str, np.ndarray],
+                 targets: np.ndarray, clip_ids: np.ndarray, bad_input: np.ndarray, extras_by_cond: Dict[str, Dict[str, np.ndarray]],
+                 suspect_by_cond: Dict[str, bool], *, n_boot: int, seed: int, names: List[str],
+                 embeddings_by_cond: Optional[Dict[str, np.ndarray]] = None, head_fn=None):
+    """Every table row of one model, from its logits per condition and the per-clip geometry.
+
+    Shared by :func:`aggregate_run` (from units) and ``verify-run`` (from scores.npz + per_clip.csv).
+    """
+    import pandas as pd
+
+    from audiobench.metrics import shift
+
+    n_clips = len(clip_ids)
+    clean_id = conditions[0]["id"]
+    clean = logits_by_cond[clean_id].astype(np.float64)
+    valid = ~np.asarray(bad_input, dtype=bool)
+    metric_rows: List[dict] = []
+    clip_frames: List[pd.DataFrame] = []
+    class_frames: List[pd.DataFrame] = []
+    arrays: Dict[str, np.ndarray] = {}
+    results = {c["id"]: condition_metrics(clean, logits_by_cond[c["id"]].astype(np.float64), targets, n_boot=n_boot,
+                                          seed=seed, valid=valid) for c in conditions}
+    clean_ap = results[clean_id]["ap"]
+    for c in conditions:
+        cid = c["id"]
+        res, ex, lg = results[cid], extras_by_cond[cid], logits_by_cond[cid]
+        suspect = bool(suspect_by_cond.get(cid, False))
+        key = dict(run_id=run_id, model=model_name, condition=cid, perturbation=c["perturbation"],
+                   param=c["param"] or "", level=_level(c))
+        extra = {"snr_db_mean": _finite_mean(np.asarray(ex["snr_db"])[res["use"]])}
+        min_eps = ex.get("min_eps")
+        has_min_eps = min_eps is not None and np.isfinite(np.asarray(min_eps, dtype=np.float64)).any()
+        if has_min_eps:
+            me = np.asarray(min_eps, dtype=np.float64)[res["use"]]
+            extra.update(min_eps_median=float(np.median(me)) if len(me) else math.nan,
+                         min_eps_q25=float(np.quantile(me, 0.25)) if len(me) else math.nan,
+                         min_eps_q75=float(np.quantile(me, 0.75)) if len(me) else math.nan)
+        for name, d in list(res["rows"].items()) + [(k, {"value": v}) for k, v in extra.items()]:
+            metric_rows.append({**key, "metric": name, "value": d["value"], "ci_low": d.get("ci_low", math.nan),
+                                "ci_high": d.get("ci_high", math.nan), "n_clips": res["n_clips"],
+                                "n_classes": res["n_classes"], "suspect": suspect})
+        pc = pd.DataFrame({**{k: [v] * n_clips for k, v in key.items()}, "clip_id": clip_ids})
+        pc["snr_db"], pc["linf"], pc["l2"] = ex["snr_db"], ex["linf"], ex["l2"]
+        from audiobench.metrics.tagging import tagging_per_clip
+
+        hits = tagging_per_clip(sigmoid(lg), targets)  # NaN for clips without labels
+        pc["top1_hit"], pc["top5_hit"] = hits["top1_hit"], hits["top5_hit"]
+        for k in PER_CLIP_SHIFT:
+            pc[k] = res["per_clip"][k]
+        pc["nonfinite"] = ~_finite_rows(lg)
+        pc["bad_input"] = ~valid
+        pc["min_eps"] = np.asarray(min_eps, dtype=np.float64) if has_min_eps else np.nan
+        clip_frames.append(pc)
+        cls = [("AP", res["ap"]), ("AUC", res["auc"]), ("delta_AP", res["ap"] - clean_ap)]
+        emb = (embeddings_by_cond or {}).get(cid)
+        if emb is not None and head_fn is not None:
+            from audiobench.metrics import latent
+
+            use = res["use"]
+            cls.append(("convexity", latent.convexity_per_class(emb[use], targets[use], head_fn, seed=seed)))
+            cls.append(("density", latent.density_per_class(emb[use], targets[use])))
+        for metric, values in cls:
+            class_frames.append(pd.DataFrame({**{k: [v] * len(values) for k, v in key.items()},
+                                              "class_index": np.arange(len(values)),
+                                              "class_name": names[: len(values)], "metric": metric, "value": values}))
+        arrays[f"logits__{model_name}__{cid}"] = lg.astype(np.float32)
+        arrays[f"hist__{model_name}__{cid}"] = np.stack([
+            shift.score_histogram(clean[res["use"]], bins=20), shift.score_histogram(lg[res["use"]], bins=20)
+        ]).astype(np.int64)
+    return metric_rows, clip_frames, class_frames, arrays
+
+
 def aggregate_run(run_dir: Path, meta: Dict[str, Any], dataset, n_clips: int, models: Optional[Dict[str, Any]] = None) -> None:
     """Write every table of ``run_dir`` from its units (and update ``meta['trust']``)."""
     import pandas as pd
 
     from audiobench import trust
-    from audiobench.metrics import shift, tagging
+    from audiobench.errors import ResultsError
+    from audiobench.metrics import tagging
     from audiobench.perturb import PERTURBATIONS
 
     run_dir = Path(run_dir)
     models = models or {}
     run_id = meta["run_id"]
-    cfg = meta["config"]
-    n_boot = int(cfg.get("bootstrap", 1000))
+    n_boot = int(meta["config"].get("bootstrap", 1000))
     seed = int(meta.get("seed", 0))
     targets = np.asarray(dataset.targets()[:n_clips], dtype=bool)
     clip_ids = np.asarray(list(dataset.clip_ids[:n_clips]), dtype=str)
@@ -98,72 +170,41 @@ def aggregate_run(run_dir: Path, meta: Dict[str, Any], dataset, n_clips: int, mo
         units = {c["id"]: load_units(unit_dir(run_dir, model_name, ci), n_clips) for ci, c in enumerate(conditions)}
         for cid, u in units.items():
             if not np.array_equal(u["clip_ids"], clip_ids):
-                from audiobench.errors import ResultsError
-
                 raise ResultsError(f"{run_dir}: units of {model_name}/{cid} hold other clips than the dataset order")
         clean_id = conditions[0]["id"]
         clean = units[clean_id]["logits"].astype(np.float64)
-        valid = ~units[clean_id]["bad_input"].astype(bool)
-        results = {}
-        for c in conditions:
-            u = units[c["id"]]
-            results[c["id"]] = condition_metrics(clean, u["logits"].astype(np.float64), targets, n_boot=n_boot, seed=seed, valid=valid)
+        bad_input = units[clean_id]["bad_input"].astype(bool)
+        use_clean = ~bad_input & _finite_rows(clean)
 
-        def map_fn(logits, t=None, _use=results[clean_id]["use"]):
+        def map_fn(logits, t=None):
             if t is None:
-                keep = _use & _finite_rows(logits)
+                keep = use_clean & _finite_rows(logits)
                 return float(tagging.tagging_metrics(sigmoid(logits[keep]), targets[keep])["mAP"])
             keep = _finite_rows(logits)
             return float(tagging.tagging_metrics(sigmoid(logits[keep]), t[keep])["mAP"])
 
-        mAP_of = {cid: r["rows"]["mAP"]["value"] for cid, r in results.items()}
+        mAP_of = {cid: map_fn(u["logits"].astype(np.float64)) for cid, u in units.items()}
         verdicts = trust.assess(model_name, conditions, cond_objs, mAP_of, units, targets, clean, run_dir, map_fn)
         meta["trust"][model_name] = verdicts
-        clean_ap = results[clean_id]["ap"]
-        for c, obj in zip(conditions, cond_objs):
-            cid = c["id"]
-            res, u = results[cid], units[cid]
-            suspect = bool(verdicts.get(cid, {}).get("suspect", False))
-            key = dict(run_id=run_id, model=model_name, condition=cid, perturbation=c["perturbation"],
-                       param=c["param"] or "", level=_level(c))
-            extra = {"snr_db_mean": _finite_mean(u["snr_db"][res["use"]])}
-            if "pc_min_eps" in u:
-                me = u["pc_min_eps"][res["use"]]
-                extra.update(min_eps_median=float(np.median(me)) if len(me) else math.nan,
-                             min_eps_q25=float(np.quantile(me, 0.25)) if len(me) else math.nan,
-                             min_eps_q75=float(np.quantile(me, 0.75)) if len(me) else math.nan)
-            for name, d in list(res["rows"].items()) + [(k, {"value": v}) for k, v in extra.items()]:
-                metric_rows.append({**key, "metric": name, "value": d["value"], "ci_low": d.get("ci_low", math.nan),
-                                    "ci_high": d.get("ci_high", math.nan), "n_clips": res["n_clips"],
-                                    "n_classes": res["n_classes"], "suspect": suspect})
-            pc = pd.DataFrame({**{k: [v] * n_clips for k, v in key.items()}, "clip_id": clip_ids})
-            pc["snr_db"], pc["linf"], pc["l2"] = u["snr_db"], u["linf"], u["l2"]
-            hits = _hits(u["logits"], targets)
-            pc["top1_hit"], pc["top5_hit"] = hits
-            for k in PER_CLIP_SHIFT:
-                pc[k] = res["per_clip"][k]
-            pc["nonfinite"] = ~_finite_rows(u["logits"])
-            pc["bad_input"] = u["bad_input"].astype(bool)
-            pc["min_eps"] = u["pc_min_eps"] if "pc_min_eps" in u else np.nan
-            clip_frames.append(pc)
-            cls = [("AP", res["ap"]), ("AUC", res["auc"]), ("delta_AP", res["ap"] - clean_ap)]
-            emb = u.get("embedding")
-            model = models.get(model_name)
-            if emb is not None and model is not None:
-                from audiobench.metrics import latent
+        extras = {cid: {"snr_db": u["snr_db"], "linf": u["linf"], "l2": u["l2"], "min_eps": u.get("pc_min_eps")}
+                  for cid, u in units.items()}
+        model = models.get(model_name)
+        embs = {cid: u["embedding"] for cid, u in units.items() if "embedding" in u}
+        m_rows, c_frames, k_frames, arr = model_tables(
+            run_id, model_name, conditions, {cid: u["logits"] for cid, u in units.items()}, targets, clip_ids, bad_input,
+            extras, {cid: v["suspect"] for cid, v in verdicts.items()}, n_boot=n_boot, seed=seed, names=names,
+            embeddings_by_cond=embs if model is not None else None, head_fn=_head_fn(model) if model is not None else None,
+        )
+        metric_rows += m_rows
+        clip_frames += c_frames
+        class_frames += k_frames
+        arrays.update(arr)
+    write_tables(run_dir, metric_rows, clip_frames, class_frames, arrays)
 
-                head_fn = _head_fn(model)
-                use = res["use"]
-                cls.append(("convexity", latent.convexity_per_class(emb[use], targets[use], head_fn, seed=seed)))
-                cls.append(("density", latent.density_per_class(emb[use], targets[use])))
-            for metric, values in cls:
-                class_frames.append(pd.DataFrame({**{k: [v] * len(values) for k, v in key.items()},
-                                                  "class_index": np.arange(len(values)),
-                                                  "class_name": names[: len(values)], "metric": metric, "value": values}))
-            arrays[f"logits__{model_name}__{cid}"] = u["logits"].astype(np.float32)
-            arrays[f"hist__{model_name}__{cid}"] = np.stack([
-                shift.score_histogram(clean[res["use"]], bins=20), shift.score_histogram(u["logits"][res["use"]], bins=20)
-            ]).astype(np.int64)
+
+def write_tables(run_dir: Path, metric_rows, clip_frames, class_frames, arrays) -> None:
+    import pandas as pd
+
     metrics = pd.DataFrame(metric_rows)
     R.atomic_write_csv(run_dir / "metrics.csv", metrics)
     R.atomic_write_parquet(run_dir / "metrics.parquet", metrics)
@@ -208,11 +249,3 @@ def _finite_mean(x: np.ndarray) -> float:
     x = np.asarray(x, dtype=np.float64)
     x = x[np.isfinite(x)]
     return float(x.mean()) if len(x) else math.nan
-
-
-def _hits(logits: np.ndarray, targets: np.ndarray):
-    lg = np.where(np.isfinite(logits), logits, -np.inf)
-    order = np.argsort(-lg, axis=1, kind="stable")[:, :5]
-    top1 = targets[np.arange(len(targets)), order[:, 0]]
-    top5 = np.take_along_axis(targets, order, axis=1).any(axis=1)
-    return top1.astype(bool), top5.astype(bool)

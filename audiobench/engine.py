@@ -270,8 +270,9 @@ class Runner:
                 {
                     "id": c.condition_id,
                     "perturbation": c.name,
-                    "param": c.param,
-                    "level": c.level,
+                    # the clean condition has no swept parameter: param "" and level null (NaN in tables)
+                    "param": "" if c.name == "none" else c.param,
+                    "level": None if c.name == "none" else c.level,
                     "params": c.to_dict(),
                     "comparable_across_models": bool(getattr(c, "comparable_across_models", True)),
                 }

@@ -43,4 +43,7 @@ def print_run_summary(run_dir: Path) -> None:
             _fmt(vals["top5_hit_rate"].value, 3), _fmt(vals["kl_mean"].value, 3), _fmt(vals["top1_flip_rate"].value, 3),
             "SUSPECT" if bool(mp.suspect) else "ok",
         )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # logs and pipes: don't wrap the table at 80 columns
+    console.print(table)

@@ -55,7 +55,7 @@ def train_one(name: str, *, n_clips: int, epochs: int, batch_size: int, crop_sec
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         log(f"{name} epoch {epoch + 1}/{epochs} loss {total / n_clips:.5f}")
     model.eval()
     return model

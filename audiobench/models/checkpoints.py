@@ -39,7 +39,16 @@ def read_checkpoint(path: str | Path) -> Any:
         except Exception as exc:  # safetensors raises its own error types
             raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            if "numpy" not in str(exc):
+                raise
+            # Training checkpoints (e.g. PANNs' {"model", "sampler", "iteration"}) may hold numpy
+            # arrays or scalars. Their reconstructors build data only, never call arbitrary code,
+            # so they are allowed; every other global is still refused.
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
@@ -48,6 +57,18 @@ def read_checkpoint(path: str | Path) -> Any:
                 f"(possible code payload); only weights_only-loadable files are accepted"
             ) from None
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+
+
+def _numpy_safe_globals() -> list:
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar  # type: ignore
+    dtypes = [type(np.dtype(t)) for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                                            "uint64", "float16", "float32", "float64", "complex64", "complex128")]
+    return [_reconstruct, scalar, np.ndarray, np.dtype, *dtypes]
 
 
 def unwrap_state_dict(obj: Any, keys=("model", "state_dict", "model_state_dict")) -> Mapping[str, torch.Tensor]:
