@@ -13,7 +13,7 @@ Per-clip statistics (:func:`shift_statistics`):
   first, so a saturated score cannot produce an infinite divergence (each class contributes at
   most ~16 nats);
 * ``js`` — Jensen-Shannon divergence between p/Σp and q/Σq (the score vectors normalised to sum
-  1), in [0, ln 2];
+  1), in [0, ln 2] (NaN only if every score of a clip underflows to 0, i.e. all logits < -745);
 * ``entropy_delta`` — mean over classes of the binary entropy H(q_c) minus that of H(p_c);
 * ``top1_flip`` — 1.0 if the top-scored class changed (``argmax``, lowest index on ties);
 * ``top5_jaccard`` — |top5(p) ∩ top5(q)| / |top5(p) ∪ top5(q)| (top 5 by a stable sort: ties
