@@ -245,8 +245,11 @@ class Runner:
         from audiobench import results as R
 
         cfg = self.config
+        from audiobench.data.shards import clip_list_hash
+
         data = self.dataset.describe()
         data["n_clips"] = self.n_clips
+        data["used_clip_list_hash"] = clip_list_hash(self.clip_ids)  # the clips this run used (after --limit)
         return {
             "run_id": self.run_id,
             "complete": False,
