@@ -24,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from audiobench.errors import ResultsError
+from audiobench.report.collect import safe_name
 
 N_CLASSES = 527
 MODELS = ("toy-cnn", "toy-ast")
@@ -180,7 +181,8 @@ def make_run_folder(
             if save_audio and cid != "min-eps:eps_max=0.01":
                 import soundfile as sf
 
-                adir = folder / "audio" / model / cid
+                # File-safe folder names, as the engine writes them ("pgd:eps=0.002" -> "pgd_eps=0.002").
+                adir = folder / "audio" / model / safe_name(cid)
                 adir.mkdir(parents=True)
                 for clip in list(clip_ids[:save_audio - 1]) + [clip_ids[-1]]:
                     wav = (0.1 * rng.standard_normal(1600)).astype(np.float32)
@@ -484,7 +486,15 @@ def test_html_links_audio_by_relative_path(html_report, run_a):
         assert not s.startswith(("/", "file:", "http")), s
         target = (html_path.parent / unquote(s)).resolve()
         assert target in {w.resolve() for w in wavs}
-    assert any("%3A" in s for s in srcs)  # "pgd:eps=0.002" folder: the colon is escaped
+    # Columns are condition ids from run.json, mapped back from the file-safe folder names.
+    heads = re.findall(r"<th>([^<]+)</th>", html.split('id="audio"')[1])
+    assert set(heads) == {c[0] for c in CONDITIONS if not c[0].startswith("min-eps")}
+    cell = re.search(r'<th class="l">clip</th>(.*?)</tr><tr><td class="l">([^<]+)</td>(.*?)</tr>',
+                     html.split('id="audio"')[1])
+    cols = re.findall(r"<th>([^<]+)</th>", cell.group(1))
+    links = re.findall(r'<audio [^>]*src="([^"]+)"', cell.group(3))
+    for cond, link in zip(cols, links):
+        assert unquote(link).endswith(f"/{safe_name(cond)}/{cell.group(2)}.wav")
 
 
 def test_delta_ap_uses_strongest_condition_and_20_classes(run_a):
@@ -589,3 +599,32 @@ def test_cli_incomplete_warning_line(run_a, tmp_path):
     assert lines[0].startswith("warning: skipping incomplete run run-a") and "no complete runs" in lines[1]
     r = _cli(["report", str(tmp_path / "res"), "--include-incomplete", "--format", "md"])
     assert r.exit_code == 0 and "INCOMPLETE" in r.stdout
+
+
+# -- from a real `audiobench run` folder --------------------------------------------------------------
+@pytest.mark.slow
+def test_report_from_a_real_run_folder(tmp_path):
+    """run (toy-cnn, random weights: only the folder matters here) then report in every format."""
+    from urllib.parse import unquote
+
+    results = tmp_path / "results"
+    r = _cli(["run", "--model", "toy-cnn", "--noise", "gaussian,pgd", "--snr", "20,10", "--eps", "0.001,0.002",
+              "--steps", "2", "--limit", "4", "--bootstrap", "20", "--save-audio", "1", "--random-weights",
+              "--quiet", "--out", str(results)])
+    assert r.exit_code == 0, r.output[-3000:]
+    (run,) = [p for p in results.iterdir() if p.is_dir()]
+    t = _cli(["report", str(results)])
+    assert t.exit_code == 0, t.output
+    assert "gaussian:snr_db=10" in t.stdout and "none (clean)" in t.stdout
+    c = _cli(["report", str(results), "--format", "csv"])
+    assert c.exit_code == 0 and c.stdout == (run / "metrics.csv").read_text()
+    out = tmp_path / "site" / "report.html"
+    h = _cli(["report", str(results), "--format", "html", "--out", str(out)])
+    assert h.exit_code == 0, h.output
+    html = out.read_text(encoding="utf-8")
+    imgs = re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(imgs) == len(list((tmp_path / "site" / "report_files").glob("*.png"))) >= 3
+    assert all(base64.b64decode(i)[:4] == b"\x89PNG" for i in imgs)
+    srcs = re.findall(r'<audio [^>]*src="([^"]+)"', html)
+    assert srcs and all((out.parent / unquote(s)).is_file() for s in srcs)
+    assert "gaussian:snr_db=10</th>" in html.split('id="audio"')[1]  # folder name mapped back to the id

@@ -76,6 +76,11 @@ def _as_bool(x) -> bool:
     return bool(x)
 
 
+def safe_name(s: str) -> str:
+    """The file-safe form of a condition id or clip id used for audio/ folders and files."""
+    return "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in s)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -153,13 +158,21 @@ class RunResult:
         return h
 
     def audio_files(self) -> list[tuple[str, str, Path]]:
-        """(model, condition, path) of every WAV under audio/<model>/<condition>/, sorted."""
+        """(model, condition id, path) of every WAV under audio/<model>/<condition>/, sorted.
+
+        The engine writes condition folders under a file-safe name ("pgd/linf:eps=0.002" ->
+        "pgd_linf_eps=0.002"); they are mapped back to the condition ids of run.json.
+        """
         root = self.path / "audio"
         if not root.is_dir():
             return []
+        ids = {}
+        for c in self.conditions:
+            ids.setdefault(safe_name(str(c["id"])), str(c["id"]))
+            ids[str(c["id"])] = str(c["id"])
         out = []
         for wav in sorted(root.glob("*/*/*.wav")):
-            out.append((wav.parent.parent.name, wav.parent.name, wav))
+            out.append((wav.parent.parent.name, ids.get(wav.parent.name, wav.parent.name), wav))
         return out
 
     def _check_run_id(self, df, name: str) -> None:

@@ -30,7 +30,7 @@ h1{margin-bottom:4px}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-t
 table{border-collapse:collapse;margin:8px 0 16px;font-size:13px}
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:right;white-space:nowrap}
 th{background:#f4f4f4}td.l,th.l{text-align:left}
-td.suspect{background:#fff1d6}tr.clean td{font-weight:600}
+td.suspect{background:#fff1d6}td.w{white-space:normal}tr.clean td{font-weight:600}
 .meta{color:#666;font-size:13px}.warn{color:#a35a00}
 figure{margin:12px 0 24px}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:12px;color:#555}
@@ -81,7 +81,7 @@ def _html_matrix(view: ReportView, metric: str) -> str:
 
 
 def _runs_table(runs: Sequence[RunResult]) -> str:
-    head = ["run", "data", "clips", "models", "conditions", "device", "precision", "seed", "git", "start", "end",
+    head = ["run", "data", "clips", "models", "conditions", "device", "precision", "seed", "git", "time (UTC)",
             "complete"]
     out = ["<table><tr>" + "".join(f'<th class="l">{h}</th>' for h in head) + "</tr>"]
     for r in runs:
@@ -89,9 +89,9 @@ def _runs_table(runs: Sequence[RunResult]) -> str:
         cells = [r.run_id, str(d.get("name", "")), str(d.get("n_clips", "")), ", ".join(r.models),
                  str(len(r.conditions)), str(r.info.get("device", "")), str(r.info.get("precision", "")),
                  str(r.info.get("seed", "")), str(r.info.get("git_commit") or "")[:10],
-                 str(r.info.get("start_time", "")), str(r.info.get("end_time", "")),
+                 f"{r.info.get('start_time', '')} – {r.info.get('end_time', '')}",
                  "yes" if r.complete else "NO (incomplete)"]
-        out.append("<tr>" + "".join(f'<td class="l">{escape(c)}</td>' for c in cells) + "</tr>")
+        out.append("<tr>" + "".join(f'<td class="l w">{escape(c)}</td>' for c in cells) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
 
