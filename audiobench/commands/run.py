@@ -45,7 +45,10 @@ def build_conditions(noises: list[str], options: dict):
             if opt in given and field in fields:
                 value = given[opt]
                 if opt in LEVEL_OPTIONS:
-                    value = _split(value) if field == "band_hz" else parse_levels(value)
+                    try:
+                        value = _split(value) if field == "band_hz" else parse_levels(value)
+                    except ConfigError as exc:
+                        raise ConfigError(f"--{opt.replace('_', '-')} {value}: {exc}") from None
                     if not value:
                         raise ConfigError(f"--{opt.replace('_', '-')}: no levels given")
                 kw[field] = value

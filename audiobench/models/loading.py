@@ -38,7 +38,7 @@ def load_model(
         sample_rate: rate of the waveforms that will be fed, Hz (default: the model's native rate);
             a resampler inside the model converts it.
         weights: ``"default"`` (load weights as above) or ``"random"`` (skip loading; for
-            benchmarks of speed and for tests).
+            benchmarks of speed and for tests; the initialisation is seeded, so reproducible).
         download: allow downloading missing default weights.
 
     The returned module carries ``checkpoint_path`` (str or None) and ``checkpoint_sha256``.
@@ -53,7 +53,11 @@ def load_model(
         raise ConfigError(f"sample_rate={sample_rate!r} must be a positive integer number of Hz")
     entry = MODELS.get(name)
     spec = entry.spec
-    model = entry.factory(spec, sample_rate=None if sample_rate is None else int(sample_rate))
+    # Parameter initialisation draws from torch's global RNG: contain it and seed it, so that
+    # weights="random" gives the same model in every process (benchmarks, tests, ranks).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = entry.factory(spec, sample_rate=None if sample_rate is None else int(sample_rate))
 
     path: Optional[Path] = None
     sha: Optional[str] = None
