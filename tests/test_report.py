@@ -140,8 +140,12 @@ def make_run_folder(
             jac = np.array([len(set(a) & set(b)) / len(set(a) | set(b)) for a, b in zip(top5, c_top5)])
             sp = np.array([spearmanr(a, b)[0] for a, b in zip(p, clean_p)])
             absdp = np.abs(p - clean_p).mean(1)
-            snr = np.full(n_clips, np.nan) if cid == "none" else (
-                level + rng.normal(0, 0.05, n_clips) if pert == "gaussian" else 40 - 5 * strength + rng.normal(0, 1, n_clips))
+            if cid == "none":
+                snr = np.full(n_clips, np.nan)
+            elif pert == "gaussian":
+                snr = level + rng.normal(0, 0.05, n_clips)
+            else:
+                snr = 40 - 5 * strength + rng.normal(0, 1, n_clips)
             min_eps = np.full(n_clips, np.nan)
             if pert == "min-eps":
                 min_eps = np.exp(rng.normal(np.log(0.002 * (1 + mi)), 0.5, n_clips))

@@ -103,7 +103,8 @@ def _suspect_section(view: ReportView) -> str:
     items = []
     for e, cid, reasons in sus:
         rs = "".join(f"<li>{escape(r)}</li>" for r in reasons)
-        items.append(f'<li class="warn">{SUSPECT} <b>{escape(e.label)}</b> / <code>{escape(cid)}</code><ul>{rs}</ul></li>')
+        items.append(f'<li class="warn">{SUSPECT} <b>{escape(e.label)}</b> / <code>{escape(cid)}</code>'
+                     f"<ul>{rs}</ul></li>")
     return ("<p>An attack that silently fails makes a model look robust: treat these numbers with care.</p>"
             "<ul>" + "".join(items) + "</ul>")
 
