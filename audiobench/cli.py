@@ -69,8 +69,7 @@ def list_perturbations():
     from audiobench.perturb import PERTURBATIONS
 
     for name, cls in PERTURBATIONS.items():
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        click.echo(f"{name}\t{cls.level_field or '-'}\t{doc}")
+        click.echo(f"{name}\t{cls.level_field or '-'}\t{_first_sentence(cls.__doc__)}")
 
 
 @list_group.command("datasets")
@@ -89,6 +88,15 @@ def list_metrics():
 
     for name, entry in METRICS.items():
         click.echo(f"{name}\t{entry}")
+
+
+def _first_sentence(doc: str | None) -> str:
+    """The first sentence of a docstring's first paragraph, on one line."""
+    import re
+
+    para = " ".join((doc or "").strip().split("\n\n")[0].split())
+    m = re.search(r"(?<! al)(?<!e\.g)(?<!i\.e)\.(\s|$)", para)  # not "et al." / "e.g." / "i.e."
+    return para[: m.start() + 1] if m else para
 
 
 def _add_subcommands():
