@@ -104,9 +104,10 @@ def model_tables(run_id: str, model_name: str, conditions: List[Dict[str, Any]],
         has_min_eps = min_eps is not None and np.isfinite(np.asarray(min_eps, dtype=np.float64)).any()
         if has_min_eps:
             me = np.asarray(min_eps, dtype=np.float64)[res["use"]]
-            extra.update(min_eps_median=float(np.median(me)) if len(me) else math.nan,
-                         min_eps_q25=float(np.quantile(me, 0.25)) if len(me) else math.nan,
-                         min_eps_q75=float(np.quantile(me, 0.75)) if len(me) else math.nan)
+            me = me[~np.isnan(me)]  # NaN: clip without a label; inf: never broken up to eps_max
+            # "inverted_cdf" picks an observed value (no interpolation with inf -> no NaN)
+            q = (lambda p: float(np.quantile(me, p, method="inverted_cdf")) if len(me) else math.nan)
+            extra.update(min_eps_median=q(0.5), min_eps_q25=q(0.25), min_eps_q75=q(0.75))
         for name, d in list(res["rows"].items()) + [(k, {"value": v}) for k, v in extra.items()]:
             metric_rows.append({**key, "metric": name, "value": d["value"], "ci_low": d.get("ci_low", math.nan),
                                 "ci_high": d.get("ci_high", math.nan), "n_clips": res["n_clips"],
