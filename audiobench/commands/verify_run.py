@@ -21,7 +21,7 @@ def verify_run(run_dir, data_root, tolerance):
         click.echo(f"ok: {line}")
     if problems:
         for p in problems[1:]:
-            click.echo(f"mismatch: {p}", err=True)
+            click.echo(f"mismatch: {p}")  # the full list on stdout; stderr gets the one-line error
         from audiobench.errors import ResultsError
 
         raise ResultsError(f"{run_dir}: verification failed: {problems[0]} ({len(problems)} problem(s))")

@@ -77,7 +77,12 @@ def percentile_ci(values, level: float = 0.95) -> Tuple[float, float]:
     if not v.size:
         return (math.nan, math.nan)
     a = 100.0 * (1.0 - level) / 2.0
-    lo, hi = np.percentile(v, [a, 100.0 - a])
+    q = [a, 100.0 - a]
+    with np.errstate(invalid="ignore"):  # inf - inf while interpolating (d' of resamples with AUC 1)
+        lo, hi = np.percentile(v, q)
+    if np.isnan(lo) or np.isnan(hi):  # an interval end between two infinite values: take the nearest
+        near = np.percentile(v, q, method="nearest")
+        lo, hi = (near[0] if np.isnan(lo) else lo), (near[1] if np.isnan(hi) else hi)
     return (float(lo), float(hi))
 
 

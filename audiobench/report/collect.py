@@ -59,7 +59,7 @@ def _read_csv(path: Path, required: Sequence[str]):
         raise ResultsError(f"{path}: missing column(s) {', '.join(missing)}")
     for col in _TEXT_COLUMNS:
         if col in df.columns:
-            df[col] = df[col].fillna("").astype(str)
+            df[col] = df[col].astype(object).fillna("").astype(str)  # all-empty columns parse as float64
     for col in ("level", "value", "ci_low", "ci_high", "min_eps"):
         if col in df.columns:
             df[col] = pd.to_numeric(df[col], errors="coerce")
