@@ -178,7 +178,10 @@ class Runner:
         self.config = config
         self.progress_enabled = progress
         self.log = log or (lambda msg: None)
-        self.device = resolve_device(config.device)
+        from audiobench.distributed import setup
+
+        # under torchrun: join the job (gloo, or NCCL on cuda:LOCAL_RANK); else a one-rank no-op
+        self.dist, self.device = setup(resolve_device(config.device))
 
     # -- setup -----------------------------------------------------------------------------------
     def _open_data(self):
@@ -195,6 +198,16 @@ class Runner:
         return f"{stamp}-{chash[:8]}"
 
     def prepare(self):
+        """Open the data, resolve the config and (rank 0) the run folder; every rank agrees on the run id."""
+        self.meta = None
+        with self.dist.step("preparing the run"):
+            self._prepare_local()
+        self.run_id = self.dist.broadcast(getattr(self, "run_id", None))
+        self.run_dir = Path(self.config.out) / self.run_id
+        if len(set(self.dist.all_gather(self.config_hash))) > 1:
+            raise ConfigError("the ranks of this job resolved different configs (same command and data on every rank?)")
+
+    def _prepare_local(self):
         from audiobench import results as R
 
         cfg = self.config
@@ -218,6 +231,13 @@ class Runner:
         }
         self.result_config = rc
         self.config_hash = R.config_hash(rc)
+        if self.dist.is_main:  # only rank 0 touches the result folder
+            self._prepare_folder()
+
+    def _prepare_folder(self) -> None:
+        from audiobench import results as R
+
+        cfg = self.config
         out = R.ensure_writable_dir(Path(cfg.out))
         run_id = cfg.run_id or self._new_run_id(self.config_hash)
         if "/" in run_id or run_id in (".", "..") or not run_id.strip():
@@ -294,20 +314,30 @@ class Runner:
         from audiobench import results as R
 
         self.prepare()
-        with R.run_lock(self.run_dir), _SignalGuard() as guard:
+        main = self.dist.is_main
+        with contextlib.ExitStack() as stack:
+            with self.dist.step("locking the run folder"):
+                if main:  # rank 0 is the only writer
+                    stack.enter_context(R.run_lock(self.run_dir))
+            guard = stack.enter_context(_SignalGuard())
             meta = self._base_meta()
             if self.meta:  # resuming: keep the first start time and earlier timings
                 meta["start_time"] = self.meta.get("start_time", meta["start_time"])
                 meta["timings"] = self.meta.get("timings", {})
             self.meta = meta
-            R.atomic_write_json(self.run_dir / R.RUN_JSON, meta)
+            meta["world_size"] = self.dist.world_size
+            if main:
+                R.atomic_write_json(self.run_dir / R.RUN_JSON, meta)
             try:
                 for model_name in self.config.models:
                     self._run_model(model_name, guard)
             except StopRequested:
-                meta["end_time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                R.atomic_write_json(self.run_dir / R.RUN_JSON, meta)
+                if main:
+                    meta["end_time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                    R.atomic_write_json(self.run_dir / R.RUN_JSON, meta)
                 raise
+            if not main:  # the other ranks are done: rank 0 aggregates the stored units alone
+                return self.run_dir
             from audiobench.aggregate import aggregate_run
 
             aggregate_run(self.run_dir, meta, self.dataset, self.n_clips, models=self._loaded_for_latent)
@@ -332,20 +362,29 @@ class Runner:
     def _run_model(self, model_name: str, guard: _SignalGuard) -> None:
         from audiobench import results as R
 
-        model = self._load_model(model_name)
+        main = self.dist.is_main
+        with self.dist.step(f"loading model {model_name}"):
+            model = self._load_model(model_name)
         self.meta["models"][model_name] = {
             "spec": model.spec.to_dict(),
             "checkpoint": getattr(model, "checkpoint_path", None),
             "checkpoint_sha256": getattr(model, "checkpoint_sha256", None),
         }
-        R.atomic_write_json(self.run_dir / R.RUN_JSON, self.meta)
+        if len({m["checkpoint_sha256"] for m in self.dist.all_gather(self.meta["models"][model_name])}) > 1:
+            raise ConfigError(f"model {model_name}: the ranks of this job loaded different checkpoints")
+        if main:
+            R.atomic_write_json(self.run_dir / R.RUN_JSON, self.meta)
         for ci, cond in enumerate(self.config.conditions):
             self._run_condition(model_name, model, ci, cond, guard)
-            R.atomic_write_json(self.run_dir / R.RUN_JSON, self.meta)
+            if main:
+                R.atomic_write_json(self.run_dir / R.RUN_JSON, self.meta)
         if self.config.trust_checks:
             from audiobench.trust import run_tenfold_checks
 
-            run_tenfold_checks(self, model_name, model)
+            # the 10x-eps check covers only the first clips: rank 0 computes it, the others wait
+            with self.dist.step(f"the 10x-eps trust check of {model_name}"):
+                if main:
+                    run_tenfold_checks(self, model_name, model)
         # keep only the head for the latent metrics (cheap), drop the rest of the model
         self._loaded_for_latent = {**self._loaded_for_latent, model_name: model if model.spec.has_embedding else None}
 
@@ -364,33 +403,69 @@ class Runner:
     def _run_condition(self, model_name: str, model, ci: int, cond: Perturbation, guard: _SignalGuard) -> None:
         from audiobench import results as R
 
+        from audiobench.data.batch import Batch
+        from audiobench.data.dataset import BatchIterator
+        from audiobench.distributed import fail_hook, shard_batches, split_batches
+
         cfg = self.config
+        main, dist = self.dist.is_main, self.dist
         udir = unit_dir(self.run_dir, model_name, ci)
-        todo = missing_ranges(stored_ranges(udir), self.n_clips)
+        # rank 0 reads what is stored (units are the source of truth) and tells the others
+        todo = dist.broadcast(missing_ranges(stored_ranges(udir), self.n_clips) if main else None)
         if not todo:
             return
-        udir.mkdir(parents=True, exist_ok=True)
+        if main:
+            udir.mkdir(parents=True, exist_ok=True)
         if getattr(cond, "requires_fit", False):
-            self._fit(model_name, model, ci, cond, udir)
+            with dist.solo_errors(f"fitting {model_name} {cond.condition_id}"):
+                self._fit(model_name, model, ci, cond, udir)
         remaining = sum(b - a for a, b in todo)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        # the single-process batches, dealt round-robin: round k = batches k*world .. k*world+world-1
+        batches = split_batches(todo, cfg.batch_size)
+        mine = shard_batches(batches, dist.rank, dist.world_size)
+        rounds = -(-len(batches) // dist.world_size)
         t0 = time.perf_counter()
-        with self._progress() as progress:
+        show = self._progress() if main else contextlib.nullcontext(None)
+        it = BatchIterator(self.dataset, mine, self.device, 2)
+        with show as progress, contextlib.closing(it):
             task = None
             if progress is not None:
                 task = progress.add_task(f"{model_name} {cond.condition_id}", total=self.n_clips, completed=self.n_clips - remaining)
-            for a, b in todo:
-                for batch in self.dataset.batches(cfg.batch_size, start=a, stop=b, device=self.device):
-                    unit = self._process_batch_splitting(model, cond, batch)
-                    pert = unit.pop("_pert", None)
-                    R.atomic_write_npz(udir / f"{batch.start:08d}-{batch.start + len(batch):08d}.npz", **unit)
-                    if pert is not None:
-                        self._save_audio(model_name, cond, batch, pert)
-                    if progress is not None:
-                        progress.advance(task, len(batch))
-                    if guard.requested:
-                        raise StopRequested(guard.requested)
+            stream = iter(it)
+            for k in range(rounds):
+                result, error = None, None
+                if k < len(mine):
+                    try:
+                        fail_hook(dist, k)
+                        batch = next(stream)
+                        unit = self._process_batch_splitting(model, cond, batch)
+                        result = (batch.start, list(batch.clip_ids), unit, unit.pop("_pert", None))
+                    except Exception as exc:
+                        if not dist.active:
+                            raise
+                        error = exc
+                # every rank reports each round (rank 0 writes the units), so a failure or a stop
+                # signal anywhere stops every rank after this round, with the finished units stored
+                gathered = dist.gather((result, guard.requested, error is not None))
+                if main:
+                    for res, _, _ in gathered:
+                        if res is None:
+                            continue
+                        start, ids, unit, pert = res
+                        R.atomic_write_npz(udir / f"{start:08d}-{start + len(ids):08d}.npz", **unit)
+                        if pert is not None:
+                            self._save_audio(model_name, cond, Batch(ids, torch.empty(0), torch.empty(0), start), pert)
+                        if progress is not None:
+                            progress.advance(task, len(ids))
+                failed = any(g[2] for g in gathered) if main else False
+                stop = next((g[1] for g in gathered if g[1]), None) if main else None
+                failed, stop = dist.broadcast((failed, stop))
+                if failed:  # every rank learns who failed and why; rank 0 reports it
+                    dist.agree(error, f"{model_name} {cond.condition_id}")
+                if stop:
+                    raise StopRequested(stop)
         wall = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else _rss_peak_bytes()
         timing = self.meta["timings"].setdefault(model_name, {}).setdefault(cond.condition_id, {"wall_s": 0.0, "clips": 0})
@@ -404,20 +479,61 @@ class Runner:
         from audiobench import results as R
 
         path = udir / "fitted_state.npz"
-        if path.exists():
+        dist = self.dist
+        stored = None
+        if dist.is_main and path.exists():
             with np.load(path) as z:
-                cond.load_state({k: torch.from_numpy(z[k]) for k in z.files})
+                stored = {k: z[k] for k in z.files}
+        stored = dist.broadcast(stored)
+        if stored is not None:
+            cond.load_state({k: torch.from_numpy(v) for k, v in stored.items()})
             return
         cfg = self.config
+        if not dist.active:
+
+            def batches():
+                for b in self.dataset.batches(cfg.batch_size, start=0, stop=self.n_clips, device=self.device):
+                    yield b
+
+            hook = None
+        else:
+            batches, hook = self._sharded_fit_batches()
+        with autocast_context(self.device, cfg.precision):
+            cond.fit(model, batches, device=self.device, rng_seed=cfg.seed, grad_hook=hook)
+        # every rank took the same steps; rank 0's delta is the one stored and used everywhere
+        state = dist.broadcast({k: v.detach().cpu().numpy() for k, v in cond.state_dict().items()})
+        if dist.active:
+            cond.load_state({k: torch.from_numpy(v) for k, v in state.items()})
+        if dist.is_main:
+            R.atomic_write_npz(path, **state)
+
+    def _sharded_fit_batches(self):
+        """Batches and gradient hook for fitting across ranks: each single-process batch is split
+        between the ranks and the gradients of the parts are summed (all-reduce), so each step
+        is the single-process step up to float summation order. A rank whose part is empty feeds
+        one clip and contributes a zero gradient, so every rank calls the all-reduce each step."""
+        from audiobench.data.dataset import BatchIterator
+        from audiobench.distributed import split_batch, split_batches
+
+        dist, cfg = self.dist, self.config
+        parts, empty = [], []
+        for a, b in split_batches([(0, self.n_clips)], cfg.batch_size):
+            lo, hi = split_batch(a, b, dist.rank, dist.world_size)
+            empty.append(hi <= lo)
+            parts.append((lo, hi) if hi > lo else (a, a + 1))
+        current = {"empty": False}
 
         def batches():
-            for b in self.dataset.batches(cfg.batch_size, start=0, stop=self.n_clips, device=self.device):
-                yield b
+            it = BatchIterator(self.dataset, parts, self.device, 2)
+            with contextlib.closing(it):
+                for batch, is_empty in zip(it, empty):
+                    current["empty"] = is_empty
+                    yield batch
 
-        with autocast_context(self.device, cfg.precision):
-            cond.fit(model, batches, device=self.device, rng_seed=cfg.seed)
-        state = {k: v.detach().cpu().numpy() for k, v in cond.state_dict().items()}
-        R.atomic_write_npz(path, **state)
+        def hook(g: torch.Tensor) -> torch.Tensor:
+            return dist.all_reduce_sum(torch.zeros_like(g) if current["empty"] else g)
+
+        return batches, hook
 
     def _process_batch_splitting(self, model, cond, batch) -> Dict[str, np.ndarray]:
         """Process a batch; on CUDA out-of-memory, split it in halves and retry (same results:

@@ -160,16 +160,28 @@ def run(models, noises, eps, snr, sigma, pattern, period, span, fraction, band, 
         save_audio=save_audio, weights="random" if random_weights else "default", trust_checks=not no_trust_checks,
         on_bad_clip=on_bad_clip,
     )
+    from audiobench.distributed import DistributedError
+
     runner = Runner(config, progress=not quiet, log=lambda m: click.echo(m, err=True))
     try:
         run_dir = runner.run()
+    except DistributedError as exc:
+        if not exc.report_here:  # under torchrun: rank 0 (or the failing rank) prints the one line
+            sys.exit(1)
+        raise
     except StopRequested as stop:
+        if not runner.dist.is_main:
+            sys.exit(130)
         click.echo(
             f"stopped by {stop.args[0]} after storing finished batches; resume with: "
             f"audiobench {' '.join(sys.argv[1:]) if sys.argv[1:] else 'run'} --run-id {runner.run_id} --resume",
             err=True,
         )
         sys.exit(130)
+    finally:
+        runner.dist.close()
+    if not runner.dist.is_main:  # under torchrun only rank 0 reports
+        return
     from audiobench.summary import print_run_summary
 
     print_run_summary(run_dir)
