@@ -1,0 +1,173 @@
+"""Fast, exact execution of a wrapped model for attacks and evaluation.
+
+:func:`prepare_for_attack` puts a loaded :class:`~audiobench.models.base.AudioTagger` into the
+state the attacks want; everything it does is legal for an exact white-box attack (the attacked
+function, its gradient with respect to the input and the projections are unchanged):
+
+* eval mode and frozen weights (``requires_grad_(False)``): ``torch.autograd.grad`` with respect
+  to the input then skips every weight-gradient kernel (a convolution's backward computes only
+  ``grad_input``), and nothing accumulates in ``.grad``;
+* channels_last memory format for CNN families (``spec.family == "cnn"``) on CUDA, where cuDNN's
+  NHWC kernels (and bf16 tensor cores) are fastest; the values are those of NCHW up to float
+  summation order;
+* optionally ``torch.compile`` of the *network after the front end* only (``forward_features``,
+  ``embed_features`` and ``head``), with ``dynamic=False``. Why not the whole model: see
+  ``benchmarks/RESULTS.md`` ("Why a plain torch.compile made AST slower"). In short: the front
+  ends (STFT / unfold + rFFT) gain nothing from Inductor, their backward (an overlapping-window
+  scatter) is slower when generated, and a whole-model compile recompiles for every batch size
+  and grad mode, then falls back to dynamic-shape kernels after the second batch size.
+
+Precision is not a property of the model: bf16 runs under :func:`autocast` (the attack losses are
+cast to float32 inside :mod:`audiobench.perturb.attacks`); ``prepare_for_attack(precision=...)``
+only validates the name so a bad value fails before any work.
+
+The two reference loops :func:`generic_toolbox_pgd` and :func:`attack_library_pgd` exist for
+``benchmarks/bench_attack.py``: they are what general-purpose adversarial toolboxes and
+attack libraries do per PGD step, so the benchmark can compare them with
+:func:`audiobench.perturb.attacks.pgd` on the same data in the same process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Optional, Union
+
+import torch
+import torch.nn.functional as F
+
+from audiobench.errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16")
+CHANNELS_LAST_CHOICES = ("auto", True, False)
+
+# the methods of the AudioTagger contract that run the network after the front end
+_NETWORK_METHODS = ("forward_features", "embed_features", "head")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def autocast(device: Union[str, torch.device], precision: str):
+    """The autocast context for ``precision`` on ``device`` (a no-op context for fp32)."""
+    dev = torch.device(device)
+    if check_precision(precision) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+
+
+def use_channels_last(model, device: Union[str, torch.device], channels_last="auto") -> bool:
+    """Whether :func:`prepare_for_attack` converts ``model`` to channels_last."""
+    if channels_last not in CHANNELS_LAST_CHOICES:
+        raise ConfigError(f"channels_last {channels_last!r}: choose auto, True or False")
+    if channels_last != "auto":
+        return bool(channels_last)
+    family = getattr(getattr(model, "spec", None), "family", None)
+    return family == "cnn" and torch.device(device).type == "cuda"
+
+
+def prepare_for_attack(
+    model,
+    device: Union[str, torch.device, None] = None,
+    precision: str = "fp32",
+    compile: bool = False,
+    channels_last="auto",
+):
+    """Put ``model`` (an AudioTagger) in its fast, exact attack/eval state; returns the same object.
+
+    Args:
+        model: a wrapped model (``load_model(...)``); modified in place and returned.
+        device: where it runs (default: where its parameters are).
+        precision: ``"fp32"`` or ``"bf16"`` (validated here; applied by :func:`autocast`).
+        compile: compile ``forward_features`` / ``embed_features`` / ``head`` with
+            ``torch.compile(dynamic=False)``; the front end stays eager. Pays off for long runs at
+            a fixed batch size (each new batch shape and each grad mode compiles once).
+        channels_last: ``"auto"`` (CNN families on CUDA), ``True`` or ``False``.
+
+    Parameters and buffers keep their names (``state_dict`` is unchanged) and values.
+    """
+    check_precision(precision)
+    if device is None:
+        p = next(iter(model.parameters()), None)
+        device = p.device if p is not None else torch.device("cpu")
+    device = torch.device(device)
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    if use_channels_last(model, device, channels_last):
+        # only 4-D parameters/buffers change layout; the front end's 1-D/2-D buffers are untouched
+        model.to(memory_format=torch.channels_last)
+    if compile and not getattr(model, "_audiobench_compiled", False):
+        for name in _NETWORK_METHODS:
+            method = getattr(model, name, None)
+            if method is None:
+                continue
+            # an instance attribute shadows the class method; forward() picks it up via self.
+            object.__setattr__(model, name, torch.compile(method, dynamic=False))
+        object.__setattr__(model, "_audiobench_compiled", True)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------
+# reference PGD loops for the benchmark (same maths as attacks.pgd without best-point tracking)
+# ------------------------------------------------------------------------------------------------
+def _bce_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # per-clip mean over classes, summed over clips: each clip's gradient is its own
+    return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none").mean(dim=-1).sum()
+
+
+def _start(x: torch.Tensor, eps: float, generator: Optional[torch.Generator]) -> torch.Tensor:
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    return (x + (2.0 * u - 1.0) * eps).clamp(-1.0, 1.0)
+
+
+def generic_toolbox_pgd(model: Callable, x: torch.Tensor, targets: torch.Tensor, *, eps: float, steps: int,
+                        step_size: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """L-inf PGD the way general-purpose toolboxes run it on a model they do not own: fp32,
+    weights left trainable (``requires_grad=True``), ``loss.backward()`` (so every weight gradient
+    is computed and accumulated), ``model.zero_grad()`` each step, gradient read from ``x.grad``.
+
+    Sets ``requires_grad_(True)`` on the model's parameters for the duration and restores the
+    previous flags afterwards. Returns the last iterate.
+    """
+    ss = 2.5 * eps / max(steps, 1) if step_size is None else step_size
+    params = list(model.parameters()) if hasattr(model, "parameters") else []
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        x0 = x.detach()
+        x_adv = _start(x0, eps, generator)
+        for _ in range(steps):
+            x_adv = x_adv.detach().requires_grad_(True)
+            if hasattr(model, "zero_grad"):
+                model.zero_grad(set_to_none=False)
+            loss = _bce_sum(model(x_adv), targets)
+            loss.backward()
+            with torch.no_grad():
+                x_adv = x_adv + ss * x_adv.grad.sign()
+                x_adv = torch.min(torch.max(x_adv, x0 - eps), x0 + eps).clamp(-1.0, 1.0)
+        if hasattr(model, "zero_grad"):
+            model.zero_grad(set_to_none=True)
+        return x_adv.detach()
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
+def attack_library_pgd(model: Callable, x: torch.Tensor, targets: torch.Tensor, *, eps: float, steps: int,
+                       step_size: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """L-inf PGD the way dedicated attack libraries run it: fp32, weights frozen, gradient with
+    respect to the input only via ``torch.autograd.grad``. Returns the last iterate."""
+    ss = 2.5 * eps / max(steps, 1) if step_size is None else step_size
+    x0 = x.detach()
+    x_adv = _start(x0, eps, generator)
+    for _ in range(steps):
+        with torch.enable_grad():
+            xg = x_adv.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(_bce_sum(model(xg), targets), xg)
+        x_adv = x_adv.detach() + ss * g.sign()
+        x_adv = torch.min(torch.max(x_adv, x0 - eps), x0 + eps).clamp(-1.0, 1.0)
+    return x_adv.detach()
