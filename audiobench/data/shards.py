@@ -216,7 +216,11 @@ class ShardWriter:
 
     def commit(self) -> Path:
         self.f.close()
-        os.replace(self.tmp, self.path)
+        try:
+            os.replace(self.tmp, self.path)
+        except BaseException:  # e.g. disk full: never leave the temp file behind
+            self.tmp.unlink(missing_ok=True)
+            raise
         self._committed = True
         return self.path
 
