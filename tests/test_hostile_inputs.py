@@ -140,22 +140,34 @@ def test_hostile_input_is_refused_cleanly(case, ws):
 
 # --- bad samples: fail (above) or skip ------------------------------------------------------------
 def test_bad_clips_skipped_are_excluded_and_counted(ws):
+    import h5py
+
     def edit(w):
         w[1, 10] = np.nan
-        w[2, 20] = np.inf
         w[3, 30] = -1.25
 
     ws.float_shard("bad.h5", edit)
-    res = _cli(run_args("--on-bad-clip", "skip", data="bad.h5", out="skip_out"), ws.root, {"AUDIOBENCH_HOME": str(ws.home)})
+    env = {"AUDIOBENCH_HOME": str(ws.home)}
+    res = _cli(run_args("--on-bad-clip", "skip", "--noise", "gaussian", "--snr", "10", data="bad.h5", out="skip_out"),
+               ws.root, env)
     assert res.exit_code == 0, res.stdout + res.stderr
     run = next(p for p in ws.path("skip_out").iterdir() if (p / "run.json").exists())
     assert json.loads((run / "run.json").read_text())["complete"] is True
     m = pd.read_csv(run / "metrics.csv")
-    assert (m["n_clips"] == 1).all()  # 4 clips used (--limit 4), 3 bad ones left out
+    assert (m["n_clips"] == 2).all()  # 4 clips used (--limit 4), the 2 bad ones left out of every metric
     pc = pd.read_csv(run / "per_clip.csv")
-    assert pc["bad_input"].tolist() == [False, True, True, True]
-    # the excluded clips contribute nothing: the metrics equal those of a run on the good clip alone
-    assert np.isfinite(m.loc[m.metric == "top5_hit_rate", "value"]).all()
+    assert pc.groupby("condition")["bad_input"].apply(list).tolist() == [[False, True, False, True]] * 2
+
+    # the metrics are those of a run on the two good clips alone (same clip ids, so same noise)
+    with h5py.File(ws.path("bad.h5"), "r") as f:
+        keep = [0, 2]
+        ws.write_h5("good_only.h5", waveform=f["waveform"][keep], target=f["target"][keep],
+                    audio_name=f["audio_name"][keep])
+    res = _cli(run_args("--noise", "gaussian", "--snr", "10", data="good_only.h5", out="good_out"), ws.root, env)
+    assert res.exit_code == 0, res.stderr
+    ref = pd.read_csv(next(ws.path("good_out").iterdir()) / "metrics.csv")
+    np.testing.assert_allclose(m["value"], ref["value"], rtol=1e-5, atol=1e-6)
+    assert m["metric"].tolist() == ref["metric"].tolist()
 
 
 def test_bad_clip_fail_leaves_no_stored_unit_for_the_bad_batch(ws):
