@@ -463,7 +463,7 @@ class Runner:
                 stop = next((g[1] for g in gathered if g[1]), None) if main else None
                 failed, stop = dist.broadcast((failed, stop))
                 if failed:  # every rank learns who failed and why; rank 0 reports it
-                    dist.agree(error, f"{model_name} {cond.condition_id}")
+                    dist.agree(error, f"computing {model_name} {cond.condition_id}")
                 if stop:
                     raise StopRequested(stop)
         wall = time.perf_counter() - t0

@@ -76,7 +76,8 @@ def run_tenfold_checks(runner, model_name: str, model) -> None:
     conds = list(enumerate(runner.config.conditions))
     groups: Dict[tuple, tuple] = {}
     for ci, c in conds:
-        if is_attack(c) and c.name not in ("min-eps",):
+        # min-eps has no eps to scale; a fitted (universal) perturbation would need a new fit
+        if is_attack(c) and c.name not in ("min-eps",) and not getattr(c, "requires_fit", False):
             key = (c.name, getattr(c, "norm", None))
             if key not in groups or float(c.eps) > float(groups[key][1].eps):
                 groups[key] = (ci, c)
