@@ -338,6 +338,29 @@ def _pickle_payload(ws: Workspace) -> Invocation:
     return Invocation(run_args(ckpt="evil.pt"), ["evil.pt", "refused", "code payload"], after=after)
 
 
+def _numpy_payload(ws: Workspace) -> Invocation:
+    # numpy arrays are allowed in checkpoints (PANNs training files hold some); an object array
+    # smuggling the payload is still refused
+    marker = ws.path("NUMPY_PAYLOAD_RAN")
+    ws.save_ckpt("evil_np.pt", {"model": ws.state_dict(), "iteration": np.int64(3),
+                                "sampler": np.array([_Payload(marker)], dtype=object)})
+
+    def after(ws: Workspace) -> None:
+        import torch
+
+        assert not marker.exists(), "the payload inside a numpy object array ran"
+        torch.load(ws.path("evil_np.pt"), map_location="cpu", weights_only=False)  # the payload is live
+        assert marker.exists()
+
+    return Invocation(run_args(ckpt="evil_np.pt"), ["evil_np.pt", "refused"], after=after)
+
+
+def _bad_safetensors(ws: Workspace) -> Invocation:
+    # a header length far beyond the file: must not allocate or crash
+    ws.path("bad.safetensors").write_bytes((10**12).to_bytes(8, "little") + b"{}")
+    return Invocation(run_args(ckpt="bad.safetensors"), ["bad.safetensors", "not a readable safetensors file"])
+
+
 def _not_a_checkpoint(ws: Workspace) -> Invocation:
     ws.path("junk.pt").write_bytes(b"PK\x03\x04 not really a zip" * 10)
     return Invocation(run_args(ckpt="junk.pt"), ["junk.pt", "not a readable PyTorch checkpoint"])
@@ -475,12 +498,15 @@ CASES: List[Case] = [
          _ckpt_keys("shape")),
     Case("ckpt-pickle-payload", "weights", "pickle checkpoint carrying code (runs `open()` when unpickled)",
          "refused by `weights_only` loading; the code never runs", _pickle_payload, subprocess=True),
+    Case("ckpt-numpy-payload", "weights", "code hidden in a numpy object array inside a checkpoint",
+         "refused: only plain numpy arrays and scalars are allowed besides tensors", _numpy_payload),
+    Case("ckpt-bad-safetensors", "weights", "safetensors file with a corrupt header", "refused", _bad_safetensors),
     Case("ckpt-not-a-checkpoint", "weights", "random bytes as `--checkpoint`", "refused: not a readable checkpoint",
          _not_a_checkpoint),
     Case("unknown-model", "options", "misspelt model name", "refused with \"did you mean\" and the list",
          _unknown_model, subprocess=True),
     Case("unknown-perturbation", "options", "misspelt perturbation name", "refused with \"did you mean\"", _unknown_noise),
-    Case("negative-eps", "options", "`--eps -0.001`", "refused: eps must be > 0",
+    Case("negative-eps", "options", "`--eps -0.001`", "refused: eps must be >= 0",
          _level("pgd", "eps", "-0.001", ["eps", "-0.001"])),
     Case("nan-snr", "options", "`--snr nan`", "refused: NaN level", _level("gaussian", "snr", _NAN, ["'nan'", "NaN"])),
     Case("zero-period", "options", "`--period 0`", "refused: period must be > 0",
@@ -519,7 +545,8 @@ ACCEPTED: List[tuple] = [
      "metrics.csv (`nonfinite_clips`) and per_clip.csv (`nonfinite`)"),
     ("SIGINT / SIGTERM during a run", "stops after the current batch, keeps every finished batch, prints the "
      "resume command, exits 130; `--resume` completes with identical tables"),
-    ("CUDA out of memory", "the batch is split in halves and retried with a warning; results identical"),
+    ("CUDA out of memory", "the batch is split in halves and retried with a warning; the same noise per clip, "
+     "logits equal up to float32 kernel rounding (~1e-8) of the smaller batches; one stored unit per batch"),
 ]
 
 
