@@ -51,16 +51,15 @@ class ToyLogMel(nn.Module):
 
 
 class _ConvBlock(nn.Sequential):
+    """3×3 conv with stride 2 (halves mel and time) → BatchNorm → ReLU."""
+
     def __init__(self, c_in: int, c_out: int):
-        super().__init__(
-            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
-            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
-            nn.AvgPool2d(2),
-        )
+        super().__init__(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
 
 
 class ToyCNNNet(nn.Module):
-    """4 conv blocks (16-32-64-64 channels) → mean over time of max over frequency → MLP."""
+    """4 strided conv blocks (16-32-64-64 channels, ~15 MMAC per 5 s) → max over frequency →
+    mean + max over time → MLP. Small on purpose: attacks on it run in seconds on a CPU."""
 
     def __init__(self, n_classes: int = 527):
         super().__init__()
@@ -69,7 +68,7 @@ class ToyCNNNet(nn.Module):
         self.classifier = nn.Linear(64, n_classes)
 
     def embed(self, feats: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(feats.unsqueeze(1))  # (B, 64, M', T')
+        x = self.blocks(feats.unsqueeze(1))  # (B, 64, M/16, T/16)
         x = x.amax(dim=2)  # max over mel
         x = x.mean(dim=2) + x.amax(dim=2)  # mean + max over time
         return torch.relu(self.fc(x))
