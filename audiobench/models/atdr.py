@@ -36,11 +36,13 @@ The wrapper returns ``log(p) - log(1 - p)`` with p clamped to [1e-7, 1 - 1e-7] (
 within ±16.1), i.e. ``sigmoid(logits)`` reproduces upstream's output. Since p is a weighted mean
 of frame probabilities, these logits are NOT a linear function of any layer.
 
-Embedding (``has_embedding``): there is no pooled representation before a classifier (the
-classifier is applied per frame, pooling comes after), so the embedding is the frame-level
-sequence feeding ``fc_prob`` / ``fc_att`` (BiGRU output, resp. encoder output), shape
-(batch, 100 frames x 1024) flattened; ``head`` reshapes it and applies the classifier and the
-attention pooling, so ``head(embed(x)) == forward(x)`` exactly.
+Embedding: there is no pooled representation before a classifier (the classifier is applied per
+frame, pooling comes after). ``embed`` returns the frame-level sequence feeding ``fc_prob`` /
+``fc_att`` (BiGRU output, resp. encoder output), shape (batch, 100 frames x 1024) flattened, and
+``head`` reshapes it and applies the classifier and the attention pooling, so
+``head(embed(x)) == forward(x)`` exactly. ``spec.has_embedding`` is nevertheless False: a
+102,400-d "embedding" per clip is not the pooled space the latent-space metrics (convexity,
+density) are defined on, and storing it per clip and condition would cost ~8 GB on AudioSet eval.
 
 Checkpoints: ``traintest.py`` saves ``nn.DataParallel(model).state_dict()``: keys prefixed
 ``module.``, and every conv layer twice (``conv.<i>.*`` from the ModuleList and ``conv<i+1>.*``
@@ -326,7 +328,7 @@ register_model(
                             source=_SOURCE),
         reference_mAP=None,  # not found in the public code; see the paper
         reference=_REFERENCE + " (TALNet)",
-        has_embedding=True,
+        has_embedding=False,
     ),
     lambda spec, sample_rate=None: AtdrTagger(spec, TALNetNet(), sample_rate=sample_rate),
 )
@@ -346,7 +348,7 @@ register_model(
                             licence="BSD-3-Clause (code)", source=_SOURCE),
         reference_mAP=None,
         reference=_REFERENCE + " (TransformerEncoder)",
-        has_embedding=True,
+        has_embedding=False,
     ),
     lambda spec, sample_rate=None: AtdrTagger(spec, CnnTransformerNet(), sample_rate=sample_rate),
 )
