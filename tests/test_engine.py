@@ -160,3 +160,18 @@ def test_sigkill_then_resume_gives_identical_tables(toy_shard, tmp_path):
         assert sorted(a.files) == sorted(b.files)
         for k in a.files:
             np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_save_audio_writes_listenable_perturbed_clips(toy_shard, tmp_path):
+    import soundfile as sf
+
+    run_dir = _run(toy_shard, tmp_path, "--noise", "gaussian", "--snr", "0", "--save-audio", "3", "--batch-size", "2",
+                   "--limit", "5")
+    clean = sorted((run_dir / "audio" / "toy-cnn" / "none").glob("*.wav"))
+    noisy = sorted((run_dir / "audio" / "toy-cnn" / "gaussian_snr_db=0").glob("*.wav"))
+    assert len(clean) == 3 and len(noisy) == 3
+    a, sr = sf.read(clean[0], dtype="float32")
+    b, _ = sf.read(noisy[0], dtype="float32")
+    assert sr == 16000 and a.shape == b.shape == (16000,)
+    snr = 10 * np.log10((a ** 2).sum() / ((b - a) ** 2).sum())
+    assert abs(snr) < 0.5  # 0 dB target (clamping may move it slightly)
