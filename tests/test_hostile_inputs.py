@@ -195,3 +195,24 @@ def test_earlier_run_is_still_reportable_after_all_that(ws):
     assert "toy-cnn" in res.stdout
     res = _cli(["verify-run", str(ws.earlier_run.relative_to(ws.root))], ws.root, {"AUDIOBENCH_HOME": str(ws.home)})
     assert res.exit_code == 0, res.stderr
+
+
+def test_unwritable_out_refused_even_where_permissions_cannot_be_tested(ws, monkeypatch):
+    """As root (CI) chmod 500 does not stop writes, so the out-readonly case skips there; this
+    runs the same refusal with the permission check answering "not writable"."""
+    from audiobench import results as R
+
+    real_access = os.access
+    locked = ws.path("locked_out")
+    locked.mkdir()
+    def access(p, mode, **kw):  # the folder is readable (chmod 500) but not writable
+        if Path(p) == Path("locked_out") and mode & os.W_OK:
+            return False
+        return real_access(p, mode, **kw)
+
+    monkeypatch.setattr(R.os, "access", access)
+    before = _snapshot(ws.root)
+    res = _cli(run_args(out="locked_out"), ws.root, {"AUDIOBENCH_HOME": str(ws.home)})
+    assert res.exit_code == 1 and "Traceback" not in res.stdout + res.stderr, res.stderr
+    assert res.stderr.strip().splitlines() == ["Error: locked_out: output directory is not writable"]
+    assert _snapshot(ws.root) == before and list(locked.iterdir()) == []
