@@ -226,7 +226,7 @@ def _check_stored_units(out: Path) -> list:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_after_batch_and_resume_gives_identical_tables(sig, inputs, reference_run, tmp_path):
     d, shard, ckpt = inputs
-    out = tmp_path / "interrupted"
+    out = tmp_path / "interrupted results"  # a space: the printed command must be quoted
     proc = _spawn_run(_args(shard, ckpt, out, *SLOW_GRID, batch_size=1), tmp_path)
     _wait_for_units(proc, out)
     proc.send_signal(sig)

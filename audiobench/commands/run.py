@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -54,6 +55,16 @@ def build_conditions(noises: list[str], options: dict):
                 kw[field] = value
                 used.add(opt)
         conditions.extend(expand_grid(kind, **kw))
+    on = given.pop("on", None)
+    if on:
+        # "PGD on perturbed" (Li et al. 2022): every perturbation of the grid applied on top of the
+        # --on condition, plus the --on condition alone for reference.
+        from audiobench.perturb.chain import Chain, parse_on
+
+        base_spec = parse_on(on)
+        base_alone = expand_grid(base_spec["perturbation"], **{k: v for k, v in base_spec.items() if k != "perturbation"})
+        chained = [Chain(base=base_spec, attack={"perturbation": c.name, **_own_fields(c)}) for c in conditions[1:]]
+        conditions = conditions[:1] + base_alone + chained
     unused = sorted(set(given) - used)
     if unused:
         opts = ", ".join("--" + u.replace("_", "-") for u in unused)
@@ -64,6 +75,13 @@ def build_conditions(noises: list[str], options: dict):
             raise ConfigError(f"condition {c.condition_id} appears twice in the grid")
         seen[c.condition_id] = c
     return conditions
+
+
+def _own_fields(p) -> dict:
+    """The dataclass fields of a perturbation (what rebuilds it), without derived names."""
+    import dataclasses
+
+    return {f.name: getattr(p, f.name) for f in dataclasses.fields(p)}
 
 
 def parse_checkpoints(value: str | None, models: list[str]) -> dict:
@@ -104,6 +122,7 @@ def parse_checkpoints(value: str | None, models: list[str]) -> dict:
 @click.option("--restarts", type=int, default=None, help="Attack random restarts (per-clip worst case kept).")
 @click.option("--eps-max", type=float, default=None, help="min-eps: upper end of the bisection.")
 @click.option("--epochs", type=int, default=None, help="universal: passes over the data to learn the perturbation.")
+@click.option("--on", default=None, help="Apply the grid on top of this perturbation, e.g. gaussian:snr_db=20 or 'occlusion:pattern=alternate;period_s=0.5' (PGD on perturbed audio).")
 @click.option("--data", default=None, help="Data manifest (name or .json), HDF5 shard, or AST JSON datafile. Default: the embedded toy set.")
 @click.option("--data-root", default=None, envvar="AUDIOBENCH_DATA", help="Root that manifest shard paths are relative to.")
 @click.option("--checkpoint", default=None, help="Checkpoint PATH (one model) or NAME=PATH,... (several).")
@@ -122,7 +141,7 @@ def parse_checkpoints(value: str | None, models: list[str]) -> dict:
 @click.option("--random-weights", is_flag=True, hidden=True, help="Benchmarks only: random model weights.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def run(models, noises, eps, snr, sigma, pattern, period, span, fraction, band, fill, fill_level, norm, steps, step_size,
-        restarts, eps_max, epochs, data, data_root, checkpoint, device, batch_size, limit, seed, precision, bootstrap, out,
+        restarts, eps_max, epochs, on, data, data_root, checkpoint, device, batch_size, limit, seed, precision, bootstrap, out,
         run_id, resume, save_audio, on_bad_clip, no_trust_checks, random_weights, quiet):
     """Run models over a dataset, clean and under each perturbation at each level.
 
@@ -145,7 +164,7 @@ def run(models, noises, eps, snr, sigma, pattern, period, span, fraction, band, 
     noise_list = _split(noises) or ["none"]
     options = dict(eps=eps, snr=snr, sigma=sigma, pattern=pattern, period=period, span=span, fraction=fraction, band=band,
                    fill=fill, fill_level=fill_level, norm=norm, steps=steps, step_size=step_size, restarts=restarts,
-                   eps_max=eps_max, epochs=epochs)
+                   eps_max=eps_max, epochs=epochs, on=on)
     conditions = build_conditions(noise_list, options)
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
@@ -174,7 +193,7 @@ def run(models, noises, eps, snr, sigma, pattern, period, span, fraction, band, 
             sys.exit(130)
         click.echo(
             f"stopped by {stop.args[0]} after storing finished batches; resume with: "
-            f"audiobench {' '.join(sys.argv[1:]) if sys.argv[1:] else 'run'} --run-id {runner.run_id} --resume",
+            f"audiobench {shlex.join(sys.argv[1:]) if sys.argv[1:] else 'run'} --run-id {runner.run_id} --resume",
             err=True,
         )
         sys.exit(130)
