@@ -349,15 +349,21 @@ class Runner:
     _loaded_for_latent: Dict[str, Any] = {}
 
     def _load_model(self, name: str):
+        from audiobench.fastpath import prepare_for_attack
         from audiobench.models import load_model
 
-        return load_model(
+        model = load_model(
             name,
             checkpoint=self.config.checkpoints.get(name),
             device=self.device,
             sample_rate=self.dataset.sample_rate,
             weights=self.config.weights,
         )
+        # The fast path is the default: frozen weights (input-only gradients) and, for CNNs on
+        # CUDA under bf16, channels_last. fp32 keeps the default layout so its results are
+        # bit-identical to the plain path on every device.
+        return prepare_for_attack(model, self.device, precision=self.config.precision,
+                                  channels_last="auto" if self.config.precision != "fp32" else False)
 
     def _run_model(self, model_name: str, guard: _SignalGuard) -> None:
         from audiobench import results as R

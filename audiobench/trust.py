@@ -56,6 +56,11 @@ def reference_logits(runner, model, cond, clean, pert, targets, clip_ids) -> Dic
     """Logits under FGSM (same eps/norm) and Gaussian noise of the same per-clip L2 norm."""
     out: Dict[str, np.ndarray] = {}
     seed = runner.config.seed
+    base = getattr(cond, "base_perturbation", None)
+    if base is not None:
+        # a chained condition attacks already perturbed audio: the references start from there too
+        rng = ClipRNG.for_clips(seed, clip_ids, cond.condition_key(), clean.device)
+        clean = base(clean, model=model, targets=targets, rng=rng)
     if cond.name != "fgsm" and getattr(cond, "domain", "waveform") != "feature":
         fgsm = _fgsm_like(cond)
         rng = ClipRNG.for_clips(seed, clip_ids, fgsm.condition_key() + "#trust", clean.device)
@@ -78,7 +83,7 @@ def run_tenfold_checks(runner, model_name: str, model) -> None:
     for ci, c in conds:
         # min-eps has no eps to scale; a fitted (universal) perturbation would need a new fit
         if is_attack(c) and c.name not in ("min-eps",) and not getattr(c, "requires_fit", False):
-            key = (c.name, getattr(c, "norm", None))
+            key = (c.name, getattr(c, "variant", ""))  # variant: norm (and base of a chain)
             if key not in groups or float(c.eps) > float(groups[key][1].eps):
                 groups[key] = (ci, c)
     n = min(TENFOLD_CLIPS, runner.n_clips)
@@ -88,7 +93,7 @@ def run_tenfold_checks(runner, model_name: str, model) -> None:
             continue
         import dataclasses
 
-        strong = dataclasses.replace(c, eps=float(c.eps) * 10.0)
+        strong = c.replace_level(float(c.eps) * 10.0) if hasattr(c, "replace_level") else dataclasses.replace(c, eps=float(c.eps) * 10.0)
         logits = []
         for batch in runner.dataset.batches(runner.config.batch_size, start=0, stop=n, device=runner.device):
             wave = batch.waveform.to(runner.device)
@@ -149,8 +154,8 @@ def assess(model_name: str, conditions: List[dict], cond_objs, mAP_of: Dict[str,
                 )
         verdicts[cid] = {"suspect": bool(reasons), "reasons": reasons, "loss_per_step": [float(x) for x in loss],
                          "bad_grad_fraction": (bad / n) if n else 0.0}
-        by_kind.setdefault((c.name, getattr(c, "norm", None)), []).append((float(c.eps), cid))
-    for (name, norm), items in by_kind.items():
+        by_kind.setdefault((c.name, getattr(c, "variant", "")), []).append((float(c.eps), cid))
+    for (name, variant), items in by_kind.items():
         items.sort()
         for (e0, c0), (e1, c1) in zip(items, items[1:]):
             if mAP_of[c1] > mAP_of[c0] + MAP_TOLERANCE:
