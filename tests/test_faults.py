@@ -257,12 +257,21 @@ def test_signal_stops_after_batch_and_resume_gives_identical_tables(sig, inputs,
     _assert_same_tables(run, reference_run)
 
 
-def test_sigkill_mid_run_then_resume_gives_identical_tables(inputs, reference_run, tmp_path):
+def test_concurrent_writer_refused_then_sigkill_and_resume_give_identical_tables(inputs, reference_run, tmp_path):
     d, shard, ckpt = inputs
     out = tmp_path / "killed"
     proc = _spawn_run(_args(shard, ckpt, out, *SLOW_GRID, batch_size=1), tmp_path)
     _wait_for_units(proc, out, n=3)
-    proc.kill()
+    proc.send_signal(signal.SIGSTOP)  # frozen mid-run: alive, holding the lock, deterministic
+    try:
+        # a second writer of the same run folder, while the first one is alive, is refused
+        run = _only_run(out)
+        second = CliRunner().invoke(cli, _args(shard, ckpt, out, *SLOW_GRID, "--run-id", run.name, "--resume",
+                                               batch_size=1))
+        assert second.exit_code == 1 and second.stderr.count("\n") == 1, second.stderr
+        assert f"another audiobench process (pid {proc.pid}" in second.stderr
+    finally:
+        proc.kill()  # SIGKILL at an arbitrary point of the run
     proc.communicate(timeout=60)
     run = _only_run(out)
     assert json.loads((run / "run.json").read_text())["complete"] is False  # valid JSON: old or new state
