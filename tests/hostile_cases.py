@@ -299,7 +299,8 @@ def _weights_sha(ws: Workspace) -> Invocation:
     ws.save_ckpt("fake.pt", {"model": {}})
     shutil.copy(ws.path("fake.pt"), wdir / "efficientat_mn04_as_mAP_432.pt")
     argv = ["run", "--model", "efficientat-mn04", "--data", SHARD, "--out", OUT, *RUN_FAST]
-    return Invocation(argv, ["efficientat_mn04_as_mAP_432.pt", "does not match the expected"], env={"AUDIOBENCH_OFFLINE": "1"})
+    return Invocation(argv, ["efficientat_mn04_as_mAP_432.pt", "does not match the expected"],
+                      env={"AUDIOBENCH_OFFLINE": "1"})
 
 
 def _ckpt_keys(kind: str):
@@ -402,7 +403,8 @@ def _lock_held(ws: Workspace) -> Invocation:
     run = ws.earlier_run
     # a live process (this test's own) holds the run folder's lock
     (run / "lock").write_text(json.dumps({"pid": os.getpid(), "host": platform.node()}))
-    return Invocation(run_args("--run-id", run.name, "--resume"), [run.name, f"pid {os.getpid()}", "is writing this run folder"])
+    return Invocation(run_args("--run-id", run.name, "--resume"),
+                      [run.name, f"pid {os.getpid()}", "is writing this run folder"])
 
 
 def _resume_other_config(ws: Workspace) -> Invocation:
@@ -456,7 +458,8 @@ def _verify_checkpoint_changed(ws: Workspace) -> Invocation:
     sd = ws.state_dict()
     sd["classifier.bias"] = sd["classifier.bias"] + 1
     ws.save_ckpt(CKPT, sd)
-    return Invocation(["verify-run", str(run.relative_to(ws.root))], ["verification failed", "checkpoint of toy-cnn", "sha256"])
+    return Invocation(["verify-run", str(run.relative_to(ws.root))],
+                      ["verification failed", "checkpoint of toy-cnn", "sha256"])
 
 
 _NAN = "nan"
@@ -465,9 +468,12 @@ CASES: List[Case] = [
          "refused when opened: file named, 'truncated or corrupt'", _truncated, subprocess=True),
     Case("corrupt-hdf5", "data", "HDF5 shard with garbled superblock bytes", "refused when opened", _corrupt_header),
     Case("not-hdf5", "data", "text file named `.h5`", "refused: not a readable HDF5 file", _not_hdf5),
-    Case("missing-waveform", "data", "shard without the `waveform` dataset", "refused, dataset named", _missing("waveform", "run")),
-    Case("missing-target", "data", "shard without the `target` dataset", "refused, dataset named", _missing("target", "verify")),
-    Case("waveform-float64", "data", "`waveform` stored as float64", "refused: int16 or float32 expected", _wav_float64),
+    Case("missing-waveform", "data", "shard without the `waveform` dataset", "refused, dataset named",
+         _missing("waveform", "run")),
+    Case("missing-target", "data", "shard without the `target` dataset", "refused, dataset named",
+         _missing("target", "verify")),
+    Case("waveform-float64", "data", "`waveform` stored as float64", "refused: int16 or float32 expected",
+         _wav_float64),
     Case("target-float", "data", "`target` stored as float32", "refused: bool expected", _target_float),
     Case("label-dimension", "data", "`target` with 10 columns for a 527-class vocabulary",
          "refused: label dimension != vocabulary size", _label_dim),
@@ -505,7 +511,8 @@ CASES: List[Case] = [
          _not_a_checkpoint),
     Case("unknown-model", "options", "misspelt model name", "refused with \"did you mean\" and the list",
          _unknown_model, subprocess=True),
-    Case("unknown-perturbation", "options", "misspelt perturbation name", "refused with \"did you mean\"", _unknown_noise),
+    Case("unknown-perturbation", "options", "misspelt perturbation name", "refused with \"did you mean\"",
+         _unknown_noise),
     Case("negative-eps", "options", "`--eps -0.001`", "refused: eps must be >= 0",
          _level("pgd", "eps", "-0.001", ["eps", "-0.001"])),
     Case("nan-snr", "options", "`--snr nan`", "refused: NaN level", _level("gaussian", "snr", _NAN, ["'nan'", "NaN"])),
@@ -513,10 +520,12 @@ CASES: List[Case] = [
          _level("occlusion", "period", "0", ["period_s", "0"], extra=("--pattern", "alternate"))),
     Case("junk-level", "options", "`--snr abc`", "refused: not a number",
          _level("gaussian", "snr", "abc", ["'abc'", "not a number"])),
-    Case("limit-zero", "options", "`--limit 0`", "refused", lambda ws: Invocation(run_args("--limit", "0"), ["--limit", "0"])),
+    Case("limit-zero", "options", "`--limit 0`", "refused",
+         lambda ws: Invocation(run_args("--limit", "0"), ["--limit", "0"])),
     Case("batch-size-zero", "options", "`--batch-size 0`", "refused",
          lambda ws: Invocation(run_args("--batch-size", "0"), ["--batch-size", "0"])),
-    Case("out-under-file", "output", "`--out` below a regular file", "refused before any work: cannot create the folder",
+    Case("out-under-file", "output", "`--out` below a regular file",
+         "refused before any work: cannot create the folder",
          _out_under_file),
     Case("out-readonly", "output", "`--out` a folder without write permission", "refused: not writable",
          _out_readonly, needs_non_root=True),
@@ -525,7 +534,8 @@ CASES: List[Case] = [
          "refused: the lock holder's pid named", _lock_held),
     Case("resume-other-config", "output", "resuming a run folder with a different config",
          "refused: config hash differs, earlier units kept", _resume_other_config),
-    Case("report-rows-deleted", "results", "metrics.csv rows deleted by hand", "`report` refuses: rows do not match run.json",
+    Case("report-rows-deleted", "results", "metrics.csv rows deleted by hand",
+         "`report` refuses: rows do not match run.json",
          _report_rows_deleted),
     Case("report-run-id-edited", "results", "metrics.csv rows carrying another run id", "`report` refuses",
          _report_run_id_edited),
@@ -533,7 +543,8 @@ CASES: List[Case] = [
          _verify_value_edited),
     Case("verify-scores-edited", "results", "scores.npz clip ids reordered", "`verify-run` refuses: clip-list hash",
          _verify_scores_edited),
-    Case("verify-checkpoint-changed", "results", "checkpoint replaced after the run", "`verify-run` refuses: sha256 differs",
+    Case("verify-checkpoint-changed", "results", "checkpoint replaced after the run",
+         "`verify-run` refuses: sha256 differs",
          _verify_checkpoint_changed),
 ]
 

@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from audiobench.cli import cli
-from hostile_cases import CASES, OUT, RUN_FAST, SHARD, Workspace, build_workspace, run_args
+from hostile_cases import CASES, OUT, SHARD, Workspace, build_workspace, run_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
