@@ -99,7 +99,8 @@ def model_tables(run_id: str, model_name: str, conditions: List[Dict[str, Any]],
         suspect = bool(suspect_by_cond.get(cid, False))
         key = dict(run_id=run_id, model=model_name, condition=cid, perturbation=c["perturbation"],
                    param=c["param"] or "", level=_level(c))
-        extra = {"snr_db_mean": _finite_mean(np.asarray(ex["snr_db"])[res["use"]])}
+        extra = {"snr_db_mean": _finite_mean(np.asarray(ex["snr_db"])[res["use"]]),
+                 "bad_input_clips": float((~valid).sum())}
         min_eps = ex.get("min_eps")
         has_min_eps = min_eps is not None and np.isfinite(np.asarray(min_eps, dtype=np.float64)).any()
         if has_min_eps:

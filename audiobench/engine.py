@@ -548,7 +548,12 @@ class Runner:
             return self._process_batch(model, cond, batch)
         except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
-                raise
+                from audiobench.errors import AudiobenchError
+
+                raise AudiobenchError(
+                    f"CUDA out of memory on a single clip ({batch.clip_ids[0]}) of condition {cond.condition_id}; "
+                    f"free GPU memory, use --precision bf16, or run with --device cpu"
+                ) from None
             torch.cuda.empty_cache()
             half = len(batch) // 2
             warnings.warn(f"CUDA out of memory at batch size {len(batch)}; retrying as {half} + {len(batch) - half}")
@@ -576,6 +581,9 @@ class Runner:
                     f"({int(bad.sum())} such clip(s) in this batch); use --on-bad-clip skip to leave them out"
                 )
             clean = torch.where(bad[:, None], torch.zeros_like(clean), clean)
+            if not getattr(cond, "name", "") or cond.name == "none":  # warn once per batch, on the clean pass
+                warnings.warn(f"--on-bad-clip skip: leaving out {int(bad.sum())} clip(s) with NaN/inf or out-of-range "
+                              f"samples (first: {first!r}); counted as bad_input_clips")
         rng = ClipRNG.for_clips(cfg.seed, batch.clip_ids, cond.condition_key(), self.device)
         trace = AttackTrace()
         want_emb = bool(model.spec.has_embedding)

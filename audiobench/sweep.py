@@ -38,7 +38,7 @@ TOP_KEYS = {
     "name", "models", "checkpoints", "perturbations", "data", "data_root", "limit", "seed", "batch_size",
     "bootstrap", "precision", "device", "trust_checks", "on_bad_clip", "weights", "description",
 }
-ENTRY_META_KEYS = {"kind", "name"}
+ENTRY_META_KEYS = {"kind", "name", "base"}  # not "on": YAML 1.1 reads `on:` as True
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
@@ -111,6 +111,25 @@ def load_sweep(path: str | Path) -> Sweep:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: not valid YAML ({where}{problem})") from None
     return parse_sweep(raw, path)
+
+
+def _chained(on: Any, conds: list) -> list:
+    """``base:`` of an entry (the CLI's ``--on``): the base condition alone, then every condition applied on top of it
+    (a mapping ``{kind: gaussian, snr_db: 20}`` or the CLI form ``"gaussian:snr_db=20"``)."""
+    import dataclasses
+
+    from audiobench.perturb.chain import Chain, parse_on
+    from audiobench.perturb.grid import expand_grid
+
+    if isinstance(on, dict):
+        spec = {("perturbation" if k == "kind" else k): v for k, v in on.items()}
+        spec = parse_on(spec.pop("perturbation") + ":" + ";".join(f"{k}={v}" for k, v in spec.items()))
+    else:
+        spec = parse_on(str(on))
+    base = expand_grid(spec["perturbation"], **{k: v for k, v in spec.items() if k != "perturbation"})
+    chained = [Chain(base=spec, attack={"perturbation": c.name, **{f.name: getattr(c, f.name) for f in dataclasses.fields(c)}})
+               for c in conds]
+    return base + chained
 
 
 def parse_sweep(raw: Any, path: Path = Path("<sweep>")) -> Sweep:
@@ -193,6 +212,8 @@ def parse_sweep(raw: Any, path: Path = Path("<sweep>")) -> Sweep:
         else:
             try:
                 conds = expand_grid(kind, **options)
+                if entry.get("base") is not None:
+                    conds = _chained(entry["base"], conds)
             except (AudiobenchError, TypeError, ValueError) as exc:
                 raise _err(path, f"{where} ({kind})", str(exc).splitlines()[0]) from None
         labelled.append((label, conds))
@@ -244,6 +265,10 @@ def condition_cost(cond, trust_checks: bool = True) -> Tuple[float, float]:
     """(forward passes, backward passes) of the model per clip for one condition, including the
     final evaluation forward and the attack trust references (an upper bound where an attack
     may stop early, e.g. min-eps bisection)."""
+    if getattr(cond, "name", "") == "chain":  # base then attack: the attack's passes
+        f, b = condition_cost(cond._attack, trust_checks)
+        f0, b0 = condition_cost(cond._base, False)
+        return f + f0 - 1.0, b + b0
     name = getattr(cond, "name", "")
     steps = int(getattr(cond, "steps", 0) or 0)
     restarts = max(int(getattr(cond, "restarts", 1) or 1), 1)

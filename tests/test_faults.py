@@ -332,7 +332,9 @@ def test_oom_on_a_single_clip_is_not_swallowed(inputs, tmp_path, monkeypatch):
 
     monkeypatch.setattr(ToyTagger, "features", features)
     res = CliRunner().invoke(cli, _args(shard, ckpt, tmp_path / "o", "--limit", "2", batch_size=2))
-    assert res.exit_code != 0 and isinstance(res.exception, torch.cuda.OutOfMemoryError)
+    # split down to one clip, then one clear line (not a traceback, not a silent skip)
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit)
+    assert "CUDA out of memory on a single clip" in res.output and "Traceback" not in res.output
     run = _only_run(tmp_path / "o")
     assert json.loads((run / "run.json").read_text())["complete"] is False
 

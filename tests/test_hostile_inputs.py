@@ -166,6 +166,9 @@ def test_bad_clips_skipped_are_excluded_and_counted(ws):
     res = _cli(run_args("--noise", "gaussian", "--snr", "10", data="good_only.h5", out="good_out"), ws.root, env)
     assert res.exit_code == 0, res.stderr
     ref = pd.read_csv(next(ws.path("good_out").iterdir()) / "metrics.csv")
+    assert (m[m.metric == "bad_input_clips"]["value"] == 2).all()  # counted, per condition
+    assert (ref[ref.metric == "bad_input_clips"]["value"] == 0).all()
+    m, ref = m[m.metric != "bad_input_clips"], ref[ref.metric != "bad_input_clips"]
     np.testing.assert_allclose(m["value"], ref["value"], rtol=1e-5, atol=1e-6)
     assert m["metric"].tolist() == ref["metric"].tolist()
 

@@ -27,6 +27,7 @@ _DESCRIPTIONS = {
     "true_label_drop_rate": "mean over clips of the fraction of true labels scored >= 0.5 clean that fell below 0.5",
     "snr_db_mean": "mean over clips of the realised SNR of the perturbation, dB (clean signal / added change)",
     "nonfinite_clips": "number of clips with a NaN or infinite logit (excluded from the other metrics)",
+    "bad_input_clips": "clips left out by --on-bad-clip skip (NaN/inf or out-of-range input samples)",
     "min_eps_median": "median over clips of the smallest linf eps removing every true label from the top 5",
     "min_eps_q25": "25th percentile over clips of the min-eps (smallest deactivating linf eps)",
     "min_eps_q75": "75th percentile over clips of the min-eps (smallest deactivating linf eps)",
