@@ -7,7 +7,8 @@ vocabulary (only the toy classes have positives), and ship with the package
 
 Front end (both): 16 kHz mono; torch STFT n_fft 512 (32 ms Hann), hop 256 (16 ms), power;
 64 HTK mel bins 0-8 kHz; log(x + 1e-6); a fixed affine normalisation (mean/std measured once on the
-toy training split and stored in the spec, so the front end has no learnt or data-dependent state).
+toy training split and stored in the spec, so the front end has no learnt or data-dependent state);
+features are 2 channels: the normalised log-mel and its absolute frame-to-frame difference.
 """
 
 from __future__ import annotations
@@ -47,7 +48,12 @@ class ToyLogMel(nn.Module):
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         x = self.mel(waveform)  # (B, M, T)
         x = torch.log(x + TOY_FRONTEND["log_offset"])
-        return (x - TOY_NORMALISATION["mean"]) / TOY_NORMALISATION["std"]
+        x = (x - TOY_NORMALISATION["mean"]) / TOY_NORMALISATION["std"]
+        # second channel: |frame-to-frame change|, so on/off patterns (beeps, ticks, clicks) are
+        # visible to the first layer instead of having to be learnt by a tiny network
+        delta = (x[..., 1:] - x[..., :-1]).abs()
+        delta = torch.cat([torch.zeros_like(x[..., :1]), delta], dim=-1)
+        return torch.stack([x, delta], dim=1)  # (B, 2, M, T)
 
 
 class _ConvBlock(nn.Sequential):
@@ -63,12 +69,12 @@ class ToyCNNNet(nn.Module):
 
     def __init__(self, n_classes: int = 527):
         super().__init__()
-        self.blocks = nn.Sequential(_ConvBlock(1, 16), _ConvBlock(16, 32), _ConvBlock(32, 64), _ConvBlock(64, 64))
+        self.blocks = nn.Sequential(_ConvBlock(2, 16), _ConvBlock(16, 32), _ConvBlock(32, 64), _ConvBlock(64, 64))
         self.fc = nn.Linear(64, 64)
         self.classifier = nn.Linear(64, n_classes)
 
     def embed(self, feats: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(feats.unsqueeze(1))  # (B, 64, M/16, T/16)
+        x = self.blocks(feats)  # (B, 2, M, T) -> (B, 64, M/16, T/16)
         x = x.amax(dim=2)  # max over mel
         x = x.mean(dim=2) + x.amax(dim=2)  # mean + max over time
         return torch.relu(self.fc(x))
@@ -78,23 +84,27 @@ class ToyCNNNet(nn.Module):
 
 
 class ToyTransformerNet(nn.Module):
-    """Patch embedding (full mel height × 8 frames) → 2-layer Transformer encoder (d=64, 4 heads) → mean pool."""
+    """Conv stem (2 strided 3×3 convs, 16-32 channels: time/4, mel/4) → tokens of 2 stem frames
+    (128 ms) → 2-layer Transformer encoder (d=64, 4 heads, pre-norm) → mean pool → linear.
+    The stem gives the attention layers local on/off detectors (the study's CNN-Transformer
+    shape, scaled down)."""
 
-    def __init__(self, n_classes: int = 527, n_mels: int = 64, patch_frames: int = 8, dim: int = 64, max_patches: int = 128):
+    def __init__(self, n_classes: int = 527, n_mels: int = 64, dim: int = 64, max_tokens: int = 128):
         super().__init__()
-        self.patch_frames = patch_frames
-        self.patch = nn.Conv1d(n_mels, dim, kernel_size=patch_frames, stride=patch_frames)
-        self.pos = nn.Parameter(torch.zeros(1, max_patches, dim))
+        self.stem = nn.Sequential(_ConvBlock(2, 16), _ConvBlock(16, 32))
+        self.patch = nn.Conv1d(32 * (n_mels // 4), dim, kernel_size=2, stride=2)
+        self.pos = nn.Parameter(torch.zeros(1, max_tokens, dim))
         layer = nn.TransformerEncoderLayer(dim, nhead=4, dim_feedforward=128, dropout=0.0, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.classifier = nn.Linear(dim, n_classes)
 
     def embed(self, feats: torch.Tensor) -> torch.Tensor:
-        x = self.patch(feats).transpose(1, 2)  # (B, P, D)
+        x = self.stem(feats)  # (B, 2, M, T) -> (B, 32, M/4, T/4)
+        x = self.patch(x.flatten(1, 2)).transpose(1, 2)  # (B, P, D), P = T/8
         n = x.shape[1]
         if n > self.pos.shape[1]:
-            raise ValueError(f"clip too long for toy-transformer: {n} patches > {self.pos.shape[1]}")
+            raise ValueError(f"clip too long for toy-transformer: {n} tokens > {self.pos.shape[1]} (max ~16 s)")
         x = self.encoder(x + self.pos[:, :n])
         return self.norm(x.mean(dim=1))
 
