@@ -350,7 +350,8 @@ def test_nonfinite_outputs_are_counted_and_flagged_never_averaged(inputs, tmp_pa
     def features(self, waveform):
         f = original(self, waveform)
         marked = waveform[:, :400].mean(dim=1) > 0.7  # clip 2 (its DC block survives 20 dB noise)
-        return torch.where(marked[:, None, None], torch.full_like(f, float("nan")), f)
+        marked = marked.view(-1, *([1] * (f.dim() - 1)))  # any feature layout (B, ...)
+        return torch.where(marked, torch.full_like(f, float("nan")), f)
 
     monkeypatch.setattr(ToyTagger, "features", features)
     _invoke(_args(shard, ckpt, tmp_path / "o", "--noise", "gaussian", "--snr", "20", "--limit", "8", batch_size=4))
