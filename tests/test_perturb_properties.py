@@ -57,7 +57,11 @@ def test_attacks_inside_ball_and_range(kind, norm, eps, amp, seed, batch, restar
     if norm == "linf":
         assert float(d.abs().max()) <= eps + 1e-7
     else:
-        assert float(d.norm(dim=1).max()) <= eps * (1 + 1e-5)
+        # The projection is exact in real arithmetic; storing x + delta in float32 rounds each
+        # sample by at most half an ulp of 1 (2**-24), so the realised norm may exceed eps by at
+        # most sqrt(samples) * 2**-24 (the L2 analogue of the 1e-7 slack of the linf check).
+        slack = x.shape[1] ** 0.5 * 2.0 ** -24
+        assert float(d.norm(dim=1).max()) <= eps * (1 + 1e-5) + slack
     assert float(y.abs().max()) <= 1.0
     if eps == 0:
         assert torch.equal(x, y)
