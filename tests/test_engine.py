@@ -71,6 +71,10 @@ def test_run_writes_every_table_and_verifies(toy_shard, tmp_path):
     assert np.allclose(g, 10.0, atol=0.1)
     p = pc[pc.condition == "pgd/linf:eps=0.002"]
     assert (p["linf"] <= 0.002 + 1e-6).all()
+    pcl = pd.read_csv(run_dir / "per_class.csv")
+    assert set(pcl["metric"]) == {"AP", "AUC", "delta_AP", "convexity", "density"}  # toy-cnn has an embedding
+    conv = pcl[(pcl.metric == "convexity") & (pcl.condition == "none")]["value"].dropna()
+    assert len(conv) > 0 and conv.between(0, 1).all()
     with np.load(run_dir / "scores.npz") as z:
         assert z["logits__toy-cnn__none"].shape == (16, 527)
         assert z["targets"].shape == (16, 527)
