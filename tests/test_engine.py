@@ -179,3 +179,17 @@ def test_save_audio_writes_listenable_perturbed_clips(toy_shard, tmp_path):
     assert sr == 16000 and a.shape == b.shape == (16000,)
     snr = 10 * np.log10((a ** 2).sum() / ((b - a) ** 2).sum())
     assert abs(snr) < 0.5  # 0 dB target (clamping may move it slightly)
+
+
+def test_main_job_offline_on_the_toy_set_prints_a_summary(tmp_path):
+    """The README's main job (on 24 toy clips): offline, default data, shipped toy weights."""
+    env = {**os.environ, "AUDIOBENCH_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "AUDIOBENCH_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, "-m", "audiobench", "run", "--model", "toy-cnn", "--noise", "pgd", "--eps",
+                           "0.002", "--limit", "24"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "pgd/linf:eps=0.002" in proc.stdout and "mAP" in proc.stdout and "results:" in proc.stdout
+    (run_dir,) = list((tmp_path / "results").iterdir())
+    m = pd.read_csv(run_dir / "metrics.csv").set_index(["condition", "metric"])["value"]
+    assert m[("none", "mAP")] > 0.85  # the shipped toy-cnn on clean toy clips
+    assert m[("pgd/linf:eps=0.002", "mAP")] < m[("none", "mAP")] - 0.4  # and PGD breaks it
+    assert m[("pgd/linf:eps=0.002", "top5_hit_rate")] <= 0.5 * m[("none", "top5_hit_rate")]
