@@ -632,3 +632,23 @@ def test_report_from_a_real_run_folder(tmp_path):
     srcs = re.findall(r'<audio [^>]*src="([^"]+)"', html)
     assert srcs and all((out.parent / unquote(s)).is_file() for s in srcs)
     assert "gaussian:snr_db=10</th>" in html.split('id="audio"')[1]  # folder name mapped back to the id
+
+
+def test_feature_domain_conditions_are_marked_not_comparable(tmp_path):
+    """A run with a feature-domain condition: the report marks it † with a note, in every format."""
+    from click.testing import CliRunner
+
+    from audiobench.cli import cli
+    from audiobench.data.shards import write_shard
+    from audiobench.data.toy import generate_toy_clips
+
+    ids, wav, tgt = generate_toy_clips(6, seed=3, clip_seconds=1.0)
+    write_shard(tmp_path / "d.h5", ids, wav, tgt, 16000)
+    res = CliRunner().invoke(cli, ["run", "--model", "toy-cnn", "--data", str(tmp_path / "d.h5"), "--noise",
+                                   "feature-gaussian", "--sigma", "0.5", "--out", str(tmp_path / "r"), "--quiet",
+                                   "--bootstrap", "0", "--run-id", "f"])
+    assert res.exit_code == 0, res.output
+    for fmt in ("table", "md"):
+        out = CliRunner().invoke(cli, ["report", str(tmp_path / "r"), "--format", fmt, "--width", "200"])
+        assert out.exit_code == 0, out.output
+        assert "feature-gaussian:sigma=0.5 †" in out.output and "not comparable across models" in out.output

@@ -20,7 +20,8 @@ from audiobench.report._io import atomic_write_bytes, atomic_write_text
 from audiobench.report.collect import CLEAN, RunResult
 from audiobench.report.plots import Plot, all_plots
 from audiobench.report.tables import (
-    QUALITY_METRICS, SHIFT_METRICS, METRIC_TITLES, SUSPECT, ReportView, matrix, min_eps_rows,
+    NOT_COMPARABLE_NOTE, QUALITY_METRICS, SHIFT_METRICS, METRIC_TITLES, SUSPECT, ReportView, has_not_comparable,
+    matrix, min_eps_rows,
 )
 
 _STYLE = """
@@ -166,6 +167,8 @@ def build_html(runs: Sequence[RunResult], plots: Sequence[Plot], *, base_dir: Pa
             t = _html_matrix(view, metric)
             if t:
                 body.append(f"<h3>{escape(METRIC_TITLES[metric])}</h3>{t}")
+    if has_not_comparable(view):
+        body.append(f'<p class="meta">{escape(NOT_COMPARABLE_NOTE)}</p>')
     me = min_eps_rows(view)
     if me:
         rows = "".join("<tr>" + "".join(f'<td class="{"l" if i < 2 else ""}">{escape(x)}</td>'

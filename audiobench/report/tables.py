@@ -48,6 +48,7 @@ class Condition:
     param: str
     level: float
     min_eps: bool
+    comparable: bool = True  # False for feature-domain kinds: their levels are in each model's feature units
 
     @property
     def clean(self) -> bool:
@@ -87,9 +88,12 @@ class ReportView:
         perturbation_order: dict[str, int] = {CLEAN: -1}
         conds: dict[str, dict] = {}
         min_eps_ids: set[str] = set()
+        not_comparable: set[str] = set()
         for run in self.runs:
             for c in run.conditions:
                 perturbation_order.setdefault(str(c.get("perturbation", "")), len(perturbation_order))
+                if c.get("comparable_across_models") is False:
+                    not_comparable.add(str(c["id"]))
             m = run.metrics
             for row in m.itertuples(index=False):
                 key = (run.run_id, row.model, row.condition, row.metric)
@@ -113,7 +117,7 @@ class ReportView:
 
         self.conditions: list[Condition] = [
             Condition(cid, conds[cid]["perturbation"], conds[cid]["param"], float(conds[cid]["level"]),
-                      cid in min_eps_ids)
+                      cid in min_eps_ids, cid not in not_comparable)
             for cid in sorted(conds, key=order)
         ]
 
@@ -197,8 +201,19 @@ def fmt_drop(d: tuple[float, float] | None, metric: str = "mAP") -> tuple[str, s
     return a, r
 
 
+NOT_COMPARABLE = "†"
+NOT_COMPARABLE_NOTE = (f"{NOT_COMPARABLE} feature-domain condition: its level is in each model's own normalised "
+                       "feature units, so it is not comparable across models.")
+
+
 def condition_label(c: Condition) -> str:
-    return f"{c.id} (clean)" if c.clean else c.id
+    if c.clean:
+        return f"{c.id} (clean)"
+    return c.id if c.comparable else f"{c.id} {NOT_COMPARABLE}"
+
+
+def has_not_comparable(view) -> bool:
+    return any(not c.comparable for c in view.conditions)
 
 
 def matrix(view: ReportView, metric: str, *, with_drop: bool) -> tuple[list[str], list[list[tuple[str, bool]]]]:
@@ -288,6 +303,8 @@ def table_renderables(view: ReportView) -> list:
         for row in me:
             t2.add_row(*(Text(x) for x in row))
         out.append(t2)
+    if has_not_comparable(view):
+        out.append(Text(NOT_COMPARABLE_NOTE, style="dim"))
     sus = view.suspects()
     if sus:
         lines = [f"{SUSPECT} {e.label} / {cid}: {'; '.join(reasons)}" for e, cid, reasons in sus]
@@ -332,6 +349,8 @@ def render_md(runs: Sequence[RunResult]) -> str:
             continue
         text_rows = [[t + (f" {SUSPECT}" if s else "") for t, s in row] for row in rows]
         parts += [f"## {METRIC_TITLES.get(metric, metric)}", "", _md_table(header, text_rows), ""]
+    if has_not_comparable(view):
+        parts += [NOT_COMPARABLE_NOTE, ""]
     me = min_eps_rows(view)
     if me:
         parts += ["## min-eps (smallest linf eps removing every true label from the top 5)", "",
