@@ -22,11 +22,24 @@ def shared_dir() -> Path:
     return SHARED_DIR
 
 
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory, monkeypatch):
-    """Every test gets its own AUDIOBENCH_HOME unless it sets one: no test touches ~/.cache."""
-    if "AUDIOBENCH_HOME" not in os.environ or os.environ.get("AUDIOBENCH_TEST_SHARED_HOME") is None:
-        monkeypatch.setenv("AUDIOBENCH_HOME", str(tmp_path_factory.getbasetemp() / "audiobench_home"))
+def pytest_configure(config):
+    """Hermetic tests: one fresh AUDIOBENCH_HOME for the whole session (set before any fixture,
+    module-scoped ones included, and inherited by subprocesses), and none of the user's
+    audiobench variables (a cached vocabulary or weights folder would change results)."""
+    import tempfile
+
+    for var in ("AUDIOBENCH_VOCAB", "AUDIOBENCH_WEIGHTS", "AUDIOBENCH_DATA", "AUDIOBENCH_MANIFESTS"):
+        os.environ.pop(var, None)
+    os.environ["AUDIOBENCH_HOME"] = tempfile.mkdtemp(prefix="audiobench-test-home-")
+    config._audiobench_test_home = os.environ["AUDIOBENCH_HOME"]
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    home = getattr(config, "_audiobench_test_home", None)
+    if home:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 # -- data layer ------------------------------------------------------------------------------------
