@@ -319,8 +319,8 @@ register_model(
         name="crnn",
         family="crnn",
         description=("AudioTagging-Done-Right CRNN (TALNet): 10-layer CNN + BiGRU + attention pooling on 64-mel "
-                     "x 400-frame 16 kHz features; logits = logit of the pooled probability; embedding = BiGRU "
-                     "frame sequence (100 x 1024, flattened)"),
+                     "x 400-frame 16 kHz features; logits = logit of the pooled probability; no pooled embedding "
+                     "(embed() gives the BiGRU frame sequence)"),
         sample_rate=16000,
         frontend=dict(_FRONTEND),
         normalisation=dict(_NORM),
@@ -339,8 +339,8 @@ register_model(
         family="transformer",
         description=("AudioTagging-Done-Right CNN-Transformer: the CRNN's 10-layer CNN + one post-norm Transformer "
                      "encoder layer applied twice (weight-tied) + attention pooling; 64-mel x 400 frames, 16 kHz; "
-                     "logits = logit of the pooled probability; embedding = encoder frame sequence (100 x 1024, "
-                     "flattened)"),
+                     "logits = logit of the pooled probability; no pooled embedding (embed() gives the encoder "
+                     "frame sequence)"),
         sample_rate=16000,
         frontend=dict(_FRONTEND),
         normalisation=dict(_NORM),
