@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared GPU check of issue #6: at most ~505 s of step limits (sum), start-up excluded.
+# The one prepared GPU check of issue #6: at most ~625 s of step limits (sum), start-up excluded.
 #
 #   OUT=/some/folder bash benchmarks/run_device_checks.sh       # from the repository root
 #
@@ -31,6 +31,11 @@ step() {
   echo "== $name rc=$rc $((SECONDS - t0)) s" | tee -a "$OUT/summary.txt"
   grep -v "^#" "$OUT/$name.txt" | grep -E "clips/s|ratio|FLOP|limit|bf16 vs|loop|_audiobench|_toolbox|_library|Error" >> "$OUT/summary.txt" || true
 }
+
+# correctness on CUDA first (tests/test_gpu.py: CUDA vs CPU results, bf16 attack in its ball, pinned loader)
+t0=$SECONDS
+timeout --kill-after=10 120 "$PY" -m pytest -q -m gpu tests/test_gpu.py > "$OUT/gpu_tests.txt" 2>&1
+echo "== gpu_tests rc=$? $((SECONDS - t0)) s: $(tail -n 1 "$OUT/gpu_tests.txt")" | tee -a "$OUT/summary.txt"
 
 A="$PY benchmarks/bench_attack.py --device cuda --steps 10 --eps 0.002 --clip-seconds 10 --threads 4 --repeats 3"
 E="$PY benchmarks/bench_eval.py --device cuda --clip-seconds 10 --threads 4 --repeats 3"
