@@ -160,3 +160,60 @@ def test_bench_scripts_quick_run(tmp_path):
     )
     res2 = json.loads(out2.read_text())
     assert 0 < res2["ratio_end_to_end_over_model_only"] < 10
+
+
+def _nontrivial_batchnorm(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 3 + 0.1)
+            m.weight.data.copy_(torch.randn(m.weight.shape, generator=g))
+            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g))
+    return model
+
+
+def test_lean_batchnorm_backward_is_bit_identical():
+    from audiobench.fastpath import use_lean_batchnorm_backward
+    from audiobench.perturb.attacks import loss_and_grad
+
+    plain = _nontrivial_batchnorm(load_model("efficientat-mn04", weights="random")).eval().requires_grad_(False)
+    lean = copy.deepcopy(plain)
+    assert use_lean_batchnorm_backward(lean) == 46
+    assert use_lean_batchnorm_backward(lean) == 0  # idempotent
+    assert list(lean.state_dict()) == list(plain.state_dict())
+    x, t = _data(plain, batch=2, seconds=1.0)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        feats = plain.features(x).contiguous(memory_format=fmt)
+        for a, b in (loss_and_grad(plain, x, t), loss_and_grad(lean, x, t)), \
+                    (loss_and_grad(plain.forward_features, feats, t), loss_and_grad(lean.forward_features, feats, t)):
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    # the statistics change (a new checkpoint): the cached scale follows
+    _nontrivial_batchnorm(plain, seed=1)
+    lean.load_state_dict(plain.state_dict())
+    assert torch.equal(loss_and_grad(plain, x, t)[1], loss_and_grad(lean, x, t)[1])
+
+
+def test_lean_batchnorm_falls_back_where_it_would_not_be_exact():
+    from audiobench.fastpath import use_lean_batchnorm_backward
+
+    model = _nontrivial_batchnorm(load_model("efficientat-mn04", weights="random")).eval()
+    use_lean_batchnorm_backward(model)
+    bn = model.net.features[0][1]
+    x, t = _data(model, batch=2, seconds=0.5)
+    # trainable weights (the generic-toolbox loop): the module's own backward, weight gradients too
+    model.requires_grad_(True)
+    generic_toolbox_pgd(model, x, t, eps=0.002, steps=1, generator=torch.Generator().manual_seed(0))
+    model.zero_grad(set_to_none=True)
+    from audiobench.perturb.attacks import bce_per_clip
+
+    bce_per_clip(model(x), t).sum().backward()
+    assert bn.weight.grad is not None and bn.weight.grad.abs().sum() > 0
+    # training mode updates the running statistics exactly as nn.BatchNorm2d does
+    reference = copy.deepcopy(bn)
+    del reference.__dict__["forward"]
+    model.train()
+    feats = torch.randn(2, bn.num_features, 8, 8, requires_grad=True)
+    reference.train()
+    assert torch.equal(bn(feats), reference(feats))
+    assert torch.equal(bn.running_mean, reference.running_mean)

@@ -37,7 +37,7 @@ from torch import nn
 
 from audiobench.models import register_model
 from audiobench.models.base import AudioTagger, ModelSpec, WeightsSpec
-from audiobench.models.frontends import WaveformResampler
+from audiobench.models.frontends import WaveformResampler, stft_power
 
 RELEASE_URL = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/"
 LICENCE = "MIT (fschmid56/EfficientAT)"
@@ -191,17 +191,17 @@ class EfficientATMel(nn.Module):
         from torchaudio.compliance.kaldi import get_mel_banks
 
         self.n_fft, self.win_length, self.hop, self.preemphasis = n_fft, win_length, hop, preemphasis
+        self.fused_backward = True  # False: autograd through torch.stft (the reference gradient)
         self.register_buffer("window", torch.hann_window(win_length, periodic=False), persistent=False)
         mel, _ = get_mel_banks(n_mels, n_fft, float(sample_rate), float(fmin), float(fmax), 100.0, -500.0, 1.0)
         # get_mel_banks covers the n_fft // 2 bins below Nyquist; the Nyquist bin gets weight 0
         self.register_buffer("mel_basis", F.pad(mel, (0, 1)), persistent=False)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        x = waveform[:, 1:] - self.preemphasis * waveform[:, :-1]
-        spec = torch.stft(x, self.n_fft, hop_length=self.hop, win_length=self.win_length, window=self.window,
-                          center=True, pad_mode="reflect", normalized=False, return_complex=True)
-        power = spec.real.square() + spec.imag.square()  # (batch, n_fft // 2 + 1, frames)
-        mel = torch.matmul(self.mel_basis, power)
+        # pre-emphasis + torch.stft + |.|^2 as (batch, frames, bins), with a hand-written backward
+        power = stft_power(waveform, self.n_fft, self.hop, self.window, self.win_length,
+                           preemphasis=self.preemphasis, fused_backward=self.fused_backward)
+        mel = torch.matmul(power, self.mel_basis.t()).transpose(1, 2)  # (batch, n_mels, frames)
         return ((torch.log(mel + 1e-5) + 4.5) / 5.0).unsqueeze(1)
 
 
