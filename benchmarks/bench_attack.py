@@ -241,7 +241,7 @@ def parse_args(argv=None):
     p.add_argument("--eps", type=float, default=0.002)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="for loop (c); (a), (b) are fp32")
     p.add_argument("--clip-seconds", type=float, default=10.0)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5, help="timed runs of each loop, interleaved; the median is reported")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the CPU figures use 1)")
     p.add_argument("--compile", action="store_true", help="prepare_for_attack(compile=True) for (c)")
@@ -254,12 +254,11 @@ def parse_args(argv=None):
                    help="front-end gradient of the model that loops (a) and (b) attack: 'reference' = autograd "
                         "through torch.stft, as upstream code has it (default); 'audiobench' = the hand-written "
                         "STFT backward that (c) uses")
-    p.add_argument("--quick", action="store_true", help="4 s clips, at most 3 repeats: < 2 min on a 2-core CPU")
+    p.add_argument("--quick", action="store_true", help="4 s clips: < 2 min on a 2-core CPU")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     a = p.parse_args(argv)
-    if a.quick:  # PGD-10 as in the issue, on 4 s clips: about 40 s for mn04 on one CPU core
+    if a.quick:  # PGD-10 as in the issue, on 4 s clips: under a minute for mn04 on one CPU core
         a.clip_seconds = min(a.clip_seconds, 4.0)
-        a.repeats = min(a.repeats, 3)
     if a.batch_size is None:
         a.batch_size = 64 if a.device.startswith("cuda") else 8
     return a
@@ -345,12 +344,13 @@ def main(argv=None) -> Dict[str, object]:
     # useful work: the attack's forward + input gradient. (a)'s weight gradients are waste, and
     # FlopCounterMode (torch 2.11) overcounts grouped/depthwise weight gradients by ~groups.
     flops_of = {"a_generic_toolbox": a.steps * fl_step, "b_attack_library": a.steps * fl_step, "c_audiobench": fl_attack}
-    print(f"{'loop':<20} {'clips/s':>10} {'s/batch':>9} {'% of peak':>10} {'peak mem':>10}")
+    print(f"{'loop':<20} {'clips/s':>10} {'s/batch':>9} {'(min-max)':>15} {'% of peak':>10} {'peak mem':>10}")
     for k in loops:
         frac = cps[k] * flops_of[k] / (peak * 1e12)
         res.setdefault("fraction_of_peak", {})[k] = frac
         mem = f"{peakmem[k] / 2**30:.2f} GiB" if k in peakmem else "-"
-        print(f"{k:<20} {cps[k]:>10.2f} {med[k]:>9.3f} {100 * frac:>9.2f}% {mem:>10}")
+        spread = f"{min(allt[k]):.3f}-{max(allt[k]):.3f}"
+        print(f"{k:<20} {cps[k]:>10.2f} {med[k]:>9.3f} {spread:>15} {100 * frac:>9.2f}% {mem:>10}")
     if "c_audiobench" in cps:
         for k in ("a_generic_toolbox", "b_attack_library"):
             if k in cps:
