@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The one prepared GPU check of issue #6: at most ~625 s of step limits (sum), start-up excluded.
+# The one prepared GPU check of issue #6: at most 440 s of step limits (sum), start-up excluded, so
+# it fits one device call (10 min per command) with room for the start-up in a 15-minute budget.
 #
 #   OUT=/some/folder bash benchmarks/run_device_checks.sh       # from the repository root
 #
-# Runs, with random weights, bench_attack.py (loops a/b/c, FLOPs, limits, peak memory) for cnn14,
-# ast and efficientat-mn04 in fp32 and bf16, the bf16-vs-fp32 attacked-mAP comparison, AST at
-# batch 32 with torch.compile of the network only, and bench_eval.py for cnn14 and mn04. Every
-# step has its own time limit, so one slow step cannot eat the budget; each writes
-# $OUT/<step>.txt (stdout+stderr) and $OUT/<step>.json. $OUT/summary.txt collects the tables.
+# Runs tests/test_gpu.py, then, with random weights, bench_attack.py (loops a/b/c, FLOPs, limits,
+# peak memory) for efficientat-mn04, cnn14 and ast with (c) in bf16 and the bf16-vs-fp32
+# attacked-mAP comparison, AST's (c) in fp32 and with torch.compile of the network only, and
+# bench_eval.py for cnn14 and mn04. Every step has its own time limit, so one slow step cannot
+# eat the budget; each writes $OUT/<step>.txt (stdout+stderr) and $OUT/<step>.json;
+# $OUT/summary.txt collects the tables.
 set -u
 OUT="${OUT:-results_device}"
 mkdir -p "$OUT"
@@ -34,26 +36,23 @@ step() {
 
 # correctness on CUDA first (tests/test_gpu.py: CUDA vs CPU results, bf16 attack in its ball, pinned loader)
 t0=$SECONDS
-timeout --kill-after=10 120 "$PY" -m pytest -q -m gpu tests/test_gpu.py > "$OUT/gpu_tests.txt" 2>&1
+timeout --kill-after=10 90 "$PY" -m pytest -q -m gpu tests/test_gpu.py > "$OUT/gpu_tests.txt" 2>&1
 echo "== gpu_tests rc=$? $((SECONDS - t0)) s: $(tail -n 1 "$OUT/gpu_tests.txt")" | tee -a "$OUT/summary.txt"
 
 A="$PY benchmarks/bench_attack.py --device cuda --steps 10 --eps 0.002 --clip-seconds 10 --threads 4 --repeats 3"
 E="$PY benchmarks/bench_eval.py --device cuda --clip-seconds 10 --threads 4 --repeats 3"
 
 # attacks: (a)/(b) are always fp32; (c) in bf16 (fast path) and fp32 (exact mode); mn04 first (cheap)
-step attack_mn04_b64_bf16   45 $A --model efficientat-mn04 --batch-size 64 --precision bf16 --compare-precision
-step attack_mn04_b64_fp32   30 $A --model efficientat-mn04 --batch-size 64 --precision fp32 --only c --no-bytes
-step attack_cnn14_b32_bf16  50 $A --model cnn14 --batch-size 32 --precision bf16 --compare-precision
-step attack_cnn14_b64_bf16  30 $A --model cnn14 --batch-size 64 --precision bf16 --only c --no-bytes
-step attack_cnn14_b32_fp32  30 $A --model cnn14 --batch-size 32 --precision fp32 --only c --no-bytes
-step attack_ast_b32_bf16    90 $A --model ast --batch-size 32 --precision bf16 --compare-precision --repeats 2
-step attack_ast_b32_fp32    35 $A --model ast --batch-size 32 --precision fp32 --only c --no-bytes --repeats 2
-# compile of the network only (dynamic=False); includes compile time in the warm-up only
-step attack_ast_b32_bf16_compile   80 $A --model ast --batch-size 32 --precision bf16 --only c --no-bytes --compile --repeats 2
-step attack_cnn14_b32_bf16_compile 45  $A --model cnn14 --batch-size 32 --precision bf16 --only c --no-bytes --compile --repeats 2
+step attack_mn04_b64_bf16   40 $A --model efficientat-mn04 --batch-size 64 --precision bf16 --compare-precision
+step attack_cnn14_b32_bf16  45 $A --model cnn14 --batch-size 32 --precision bf16 --compare-precision
+step attack_cnn14_b64_bf16  25 $A --model cnn14 --batch-size 64 --precision bf16 --only c --no-bytes
+step attack_ast_b32_bf16    80 $A --model ast --batch-size 32 --precision bf16 --compare-precision --repeats 2
+step attack_ast_b32_fp32    30 $A --model ast --batch-size 32 --precision fp32 --only c --no-bytes --repeats 2
+# compile of the network only (dynamic=False); compile time falls in the warm-up only
+step attack_ast_b32_bf16_compile 70 $A --model ast --batch-size 32 --precision bf16 --only c --no-bytes --compile --repeats 2
 # clean evaluation end to end (shard in page cache) vs model only
-step eval_cnn14_b64_bf16    35 $E --model cnn14 --batch-size 64 --precision bf16 --clips 1024
-step eval_mn04_b64_bf16     35 $E --model efficientat-mn04 --batch-size 64 --precision bf16 --clips 1024
+step eval_cnn14_b64_bf16    30 $E --model cnn14 --batch-size 64 --precision bf16 --clips 1024
+step eval_mn04_b64_bf16     30 $E --model efficientat-mn04 --batch-size 64 --precision bf16 --clips 1024
 
 echo "done $(date -u +%H:%M:%S)" >> "$OUT/summary.txt"
 cat "$OUT/summary.txt"
