@@ -245,6 +245,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the CPU figures use 1)")
     p.add_argument("--compile", action="store_true", help="prepare_for_attack(compile=True) for (c)")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode with --compile, e.g. reduce-overhead "
+                                                          "(CUDA graphs)")
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--peak-tflops", type=float, default=None, help="compute peak for the limit (default: see doc)")
     p.add_argument("--no-bytes", action="store_true", help="skip the byte count")
@@ -276,13 +278,15 @@ def main(argv=None) -> Dict[str, object]:
         # through torch.stft (same forward values; see audiobench.models.frontends.stft_power)
         set_fused_backward(plain, False)
     cl = {"auto": "auto", "on": True, "off": False}[a.channels_last]
-    prepare_for_attack(fast, device, precision=a.precision, compile=a.compile, channels_last=cl)
+    prepare_for_attack(fast, device, precision=a.precision, compile=a.compile, compile_mode=a.compile_mode,
+                       channels_last=cl)
     x, targets = make_data(plain, a.batch_size, a.clip_seconds, device)
     B = a.batch_size
 
     res: Dict[str, object] = {
         "model": a.model, "device": str(device), "batch_size": B, "steps": a.steps, "eps": a.eps,
         "precision_c": a.precision, "clip_seconds": a.clip_seconds, "compile": a.compile,
+        "compile_mode": a.compile_mode,
         "channels_last": a.channels_last, "baseline_frontend": a.baseline_frontend, "threads": a.threads, "torch": torch.__version__,
         "python": platform.python_version(), "host": platform.node(),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",

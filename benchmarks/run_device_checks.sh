@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The one prepared GPU check of issue #6: at most 440 s of step limits (sum), start-up excluded, so
+# The one prepared GPU check of issue #6: at most 485 s of step limits (sum), start-up excluded, so
 # it fits one device call (10 min per command) with room for the start-up in a 15-minute budget.
 #
 #   OUT=/some/folder bash benchmarks/run_device_checks.sh       # from the repository root
 #
 # Runs tests/test_gpu.py, then, with random weights, bench_attack.py (loops a/b/c, FLOPs, limits,
 # peak memory) for efficientat-mn04, cnn14 and ast with (c) in bf16 and the bf16-vs-fp32
-# attacked-mAP comparison, AST's (c) in fp32 and with torch.compile of the network only, and
+# attacked-mAP comparison, AST's (c) in fp32 and with torch.compile of the network only, mn04 with
+# CUDA graphs (compile mode reduce-overhead), and
 # bench_eval.py for cnn14 and mn04. Every step has its own time limit, so one slow step cannot
 # eat the budget; each writes $OUT/<step>.txt (stdout+stderr) and $OUT/<step>.json;
 # $OUT/summary.txt collects the tables.
@@ -50,6 +51,8 @@ step attack_ast_b32_bf16    80 $A --model ast --batch-size 32 --precision bf16 -
 step attack_ast_b32_fp32    30 $A --model ast --batch-size 32 --precision fp32 --only c --no-bytes --repeats 2
 # compile of the network only (dynamic=False); compile time falls in the warm-up only
 step attack_ast_b32_bf16_compile 70 $A --model ast --batch-size 32 --precision bf16 --only c --no-bytes --compile --repeats 2
+# CUDA graphs for the small, launch-bound mn04 (torch.compile mode="reduce-overhead", network only)
+step attack_mn04_b64_bf16_cudagraphs 45 $A --model efficientat-mn04 --batch-size 64 --precision bf16 --only c --no-bytes --compile --compile-mode reduce-overhead --repeats 2
 # clean evaluation end to end (shard in page cache) vs model only
 step eval_cnn14_b64_bf16    30 $E --model cnn14 --batch-size 64 --precision bf16 --clips 1024
 step eval_mn04_b64_bf16     30 $E --model efficientat-mn04 --batch-size 64 --precision bf16 --clips 1024

@@ -115,8 +115,11 @@ def test_compile_wraps_only_the_network(monkeypatch):
     prepare_for_attack(model, "cpu", compile=True)
     prepare_for_attack(model, "cpu", compile=True)  # idempotent
     assert sorted(n for n, _ in calls) == ["embed_features", "forward_features", "head"]
-    assert all(kw.get("dynamic") is False for _, kw in calls)
+    assert all(kw.get("dynamic") is False and kw.get("mode") is None for _, kw in calls)
     assert "features" not in vars(model) and "forward_features" in vars(model)
+    calls.clear()
+    prepare_for_attack(load_model("toy-cnn", weights="random"), "cpu", compile=True, compile_mode="reduce-overhead")
+    assert len(calls) == 3 and all(kw.get("mode") == "reduce-overhead" for _, kw in calls)
 
 
 def test_bad_options_are_config_errors():
@@ -125,6 +128,8 @@ def test_bad_options_are_config_errors():
         prepare_for_attack(model, "cpu", precision="fp16")
     with pytest.raises(ConfigError, match="channels_last"):
         prepare_for_attack(model, "cpu", channels_last="yes")
+    with pytest.raises(ConfigError, match="compile_mode"):
+        prepare_for_attack(model, "cpu", compile=True, compile_mode="fastest")
 
 
 def test_reference_loops_agree_and_restore_flags():
