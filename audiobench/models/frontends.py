@@ -73,7 +73,7 @@ class _StftPower(torch.autograd.Function):
     once), then the window (only its ``win_length`` non-zero samples), then overlap-add as
     ceil(win_length / hop) shifted slice additions, then the reflect padding and the
     pre-emphasis folded back. Same maths in fewer, contiguous passes: the front end's forward +
-    backward takes about a third of autograd's time on a CPU (benchmarks/RESULTS.md).
+    backward takes under half of autograd's time on a CPU (benchmarks/RESULTS.md).
     """
 
     @staticmethod
