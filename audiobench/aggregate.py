@@ -12,62 +12,13 @@ import numpy as np
 
 from audiobench import results as R
 from audiobench.engine import load_units, unit_dir
-
-PER_CLIP_SHIFT = ["kl", "js", "entropy_delta", "top1_flip", "top5_jaccard", "spearman", "abs_dp", "true_label_drop"]
-SHIFT_MEAN_NAMES = {
-    "kl": "kl_mean", "js": "js_mean", "entropy_delta": "entropy_delta_mean", "top1_flip": "top1_flip_rate",
-    "top5_jaccard": "top5_jaccard_mean", "spearman": "spearman_mean", "abs_dp": "abs_dp_mean",
-    "true_label_drop": "true_label_drop_rate",
-}
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return np.where(x >= 0, 1.0 / (1.0 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))))
-
-
-def _finite_rows(logits: np.ndarray) -> np.ndarray:
-    return np.isfinite(logits).all(axis=1)
-
-
-def condition_metrics(clean_logits: np.ndarray, logits: np.ndarray, targets: np.ndarray, *, n_boot: int, seed: int,
-                      valid: np.ndarray) -> Dict[str, Any]:
-    """All numbers of one (model, condition): metric rows, per-clip shift columns, per-class AP."""
-    from audiobench.metrics import bootstrap, shift, tagging
-
-    finite = _finite_rows(logits) & _finite_rows(clean_logits)
-    use = valid & finite
-    scores = sigmoid(logits[use])
-    t = targets[use]
-    tm = tagging.tagging_metrics(scores, t)
-    rows: Dict[str, Dict[str, float]] = {}
-    for name in ("mAP", "mAUC", "d_prime", "top1_hit_rate", "top5_hit_rate"):
-        rows[name] = {"value": float(tm[name])}
-    n_classes = int(tm["n_classes"])
-    n_clips = int(use.sum())
-    per_clip = shift.shift_statistics(clean_logits[use], logits[use], t)
-    summary = shift.summarise_shift(per_clip)
-    for k, name in SHIFT_MEAN_NAMES.items():
-        rows[name] = {"value": float(summary[name])}
-    if n_boot > 0 and n_clips > 1:
-        ci = bootstrap.bootstrap_tagging(scores, t, n_resamples=n_boot, seed=seed)
-        for name, (lo, hi) in ci.items():
-            if name in rows:
-                rows[name].update(ci_low=float(lo), ci_high=float(hi))
-        ci = bootstrap.bootstrap_means({k: per_clip[k] for k in PER_CLIP_SHIFT}, n_resamples=n_boot, seed=seed)
-        for k, (lo, hi) in ci.items():
-            name = SHIFT_MEAN_NAMES.get(k, k)
-            if name in rows:
-                rows[name].update(ci_low=float(lo), ci_high=float(hi))
-    rows["nonfinite_clips"] = {"value": float((valid & ~finite).sum())}
-    full_clip = {k: np.full(len(logits), np.nan) for k in PER_CLIP_SHIFT}
-    for k in PER_CLIP_SHIFT:
-        full_clip[k][use] = per_clip[k]
-    return {
-        "rows": rows, "n_clips": n_clips, "n_classes": n_classes, "per_clip": full_clip,
-        "ap": tagging.average_precision_per_class(scores, t), "auc": tagging.roc_auc_per_class(scores, t),
-        "use": use,
-    }
+from audiobench.metrics.condition import (
+    PER_CLIP_SHIFT,
+    finite_rows as _finite_rows,
+    condition_metrics,
+    min_eps_summary,
+    sigmoid,
+)
 
 
 def model_tables(run_id: str, model_name: str, conditions: List[Dict[str, Any]], logits_by_cond: Dict[str, np.ndarray],
@@ -104,11 +55,7 @@ def model_tables(run_id: str, model_name: str, conditions: List[Dict[str, Any]],
         min_eps = ex.get("min_eps")
         has_min_eps = min_eps is not None and np.isfinite(np.asarray(min_eps, dtype=np.float64)).any()
         if has_min_eps:
-            me = np.asarray(min_eps, dtype=np.float64)[res["use"]]
-            me = me[~np.isnan(me)]  # NaN: clip without a label; inf: never broken up to eps_max
-            # "inverted_cdf" picks an observed value (no interpolation with inf -> no NaN)
-            q = (lambda p: float(np.quantile(me, p, method="inverted_cdf")) if len(me) else math.nan)
-            extra.update(min_eps_median=q(0.5), min_eps_q25=q(0.25), min_eps_q75=q(0.75))
+            extra.update(min_eps_summary(np.asarray(min_eps, dtype=np.float64)[res["use"]]))
         for name, d in list(res["rows"].items()) + [(k, {"value": v}) for k, v in extra.items()]:
             metric_rows.append({**key, "metric": name, "value": d["value"], "ci_low": d.get("ci_low", math.nan),
                                 "ci_high": d.get("ci_high", math.nan), "n_clips": res["n_clips"],

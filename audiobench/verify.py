@@ -47,6 +47,7 @@ def _close(a, b, rtol: float) -> bool:
 def verify_run_dir(run_dir: Path, *, data_root: Optional[str] = None, rtol: float = 1e-8) -> Tuple[List[str], List[str]]:
     """Returns (problems, checks passed). Raises ResultsError only when the folder is unusable."""
     from audiobench.aggregate import model_tables
+    from audiobench.metrics.condition import PER_CLIP_SHIFT
     from audiobench.data.shards import clip_list_hash
     from audiobench.results import read_run_json
 
@@ -150,7 +151,7 @@ def verify_run_dir(run_dir: Path, *, data_root: Optional[str] = None, rtol: floa
 
         rc = pd.concat(c_frames, ignore_index=True)
         sc = per_clip[per_clip["model"] == model_name].reset_index(drop=True)
-        for col in ("top1_hit", "top5_hit", "kl", "js", "entropy_delta", "top1_flip", "top5_jaccard", "spearman", "abs_dp", "true_label_drop", "nonfinite"):
+        for col in ("top1_hit", "top5_hit", *PER_CLIP_SHIFT, "nonfinite"):
             if len(rc) != len(sc):
                 problems.append(f"per_clip.csv has {len(sc)} rows for {model_name}, expected {len(rc)}")
                 break

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from audiobench.aggregate import condition_metrics, sigmoid
+from audiobench.metrics.condition import condition_metrics, sigmoid
 from audiobench.metrics.tagging import ap_auc_per_class, d_prime, tagging_metrics, top_k_hits
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
