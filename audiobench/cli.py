@@ -131,13 +131,7 @@ def _add_subcommands():
         ("audiobench.commands.train_toy", "train_toy"),
         ("audiobench.commands.sweep", "sweep"),
     ):
-        try:
-            mod = importlib.import_module(mod_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == mod_name:
-                continue  # command not built yet
-            raise
-        cli.add_command(getattr(mod, attr))
+        cli.add_command(getattr(importlib.import_module(mod_name), attr))
 
 
 _add_subcommands()

@@ -31,3 +31,12 @@ class ConfigError(AudiobenchError):
 
 class ResultsError(AudiobenchError):
     """A results folder is unusable: locked, mismatched, edited, or not writable."""
+
+
+class OutputError(ResultsError, OSError):
+    """A file could not be written (disk full, I/O error, permissions); the old file is unchanged.
+
+    Also an ``OSError`` (with ``errno`` set), for code that handles those."""
+
+    def __str__(self):  # OSError would format "[Errno N] ..." from its args
+        return str(self.args[0]) if self.args else ""

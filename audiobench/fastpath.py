@@ -34,7 +34,6 @@ attack libraries do per PGD step, so the benchmark can compare them with
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import Callable, Optional, Union
 
@@ -42,28 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audiobench.device import PRECISIONS, autocast, check_precision  # noqa: F401 (re-exported)
 from audiobench.errors import ConfigError
 
-PRECISIONS = ("fp32", "bf16")
 CHANNELS_LAST_CHOICES = ("auto", True, False)
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # the methods of the AudioTagger contract that run the network after the front end
 _NETWORK_METHODS = ("forward_features", "embed_features", "head")
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    return precision
-
-
-def autocast(device: Union[str, torch.device], precision: str):
-    """The autocast context for ``precision`` on ``device`` (a no-op context for fp32)."""
-    dev = torch.device(device)
-    if check_precision(precision) == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
 
 
 def use_channels_last(model, device: Union[str, torch.device], channels_last="auto") -> bool:

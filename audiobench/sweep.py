@@ -38,7 +38,9 @@ TOP_KEYS = {
     "name", "models", "checkpoints", "perturbations", "data", "data_root", "limit", "seed", "batch_size",
     "bootstrap", "precision", "device", "trust_checks", "on_bad_clip", "weights", "description",
 }
-ENTRY_META_KEYS = {"kind", "name", "base"}  # not "on": YAML 1.1 reads `on:` as True
+ENTRY_META_KEYS = {"kind", "name", "base"}
+MAX_CELLS = 10_000  # conditions (runs x levels) one sweep file may expand to, unless --max-cells allows more
+MAX_SWEEP_BYTES = 1 << 20  # not "on": YAML 1.1 reads `on:` as True
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
@@ -64,13 +66,14 @@ class Sweep:
     runs: List[SweepRun] = field(default_factory=list)
 
     def run_config(self, run: SweepRun, out: Path, *, device: Optional[str] = None):
-        """The :class:`~audiobench.engine.RunConfig` of one expanded run."""
-        from audiobench.engine import RunConfig
+        """The :class:`~audiobench.engine.RunConfig` of one expanded run (built and checked by
+        the same function as ``audiobench run`` and :func:`audiobench.evaluate`)."""
+        from audiobench.api import build_run_config
 
         s = self.settings
-        return RunConfig(
-            models=[run.model], conditions=list(run.conditions), data=s["data"], data_root=s["data_root"],
-            checkpoints={run.model: run.checkpoint} if run.checkpoint else {}, device=device or s["device"],
+        return build_run_config(
+            [run.model], list(run.conditions), data=s["data"], data_root=s["data_root"],
+            checkpoint={run.model: run.checkpoint} if run.checkpoint else None, device=device or s["device"],
             batch_size=s["batch_size"], limit=s["limit"], seed=s["seed"], out=Path(out), run_id=run.run_id,
             resume=False, precision=s["precision"], bootstrap=s["bootstrap"], weights=s["weights"],
             trust_checks=s["trust_checks"], on_bad_clip=s["on_bad_clip"],
@@ -94,49 +97,78 @@ def _int(path, key, value, minimum, allow_none=False):
     return value
 
 
-def load_sweep(path: str | Path) -> Sweep:
+def _yaml_loader():
+    """yaml.SafeLoader that refuses a key given twice in one mapping (YAML would keep the last)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    dup = key in seen
+                except TypeError:  # an unhashable key: SafeLoader reports it
+                    break
+                if dup:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+def load_sweep(path: str | Path, *, max_cells: int = MAX_CELLS) -> Sweep:
     """Read and validate a sweep file and expand its grid (see the module docstring)."""
     import yaml
 
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: sweep file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a sweep file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if len(data) > MAX_SWEEP_BYTES:
+        raise ConfigError(f"{path}: {len(data):,} bytes is not a sweep file (at most {MAX_SWEEP_BYTES:,})")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the sweep file as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: not valid YAML ({where}{problem})") from None
-    return parse_sweep(raw, path)
+    return parse_sweep(raw, path, max_cells=max_cells)
 
 
-def _chained(on: Any, conds: list) -> list:
+def _chained(on: Any, conds: list, max_cells: int) -> list:
     """``base:`` of an entry (the CLI's ``--on``): the base condition alone, then every condition applied on top of it
     (a mapping ``{kind: gaussian, snr_db: 20}`` or the CLI form ``"gaussian:snr_db=20"``)."""
-    import dataclasses
-
-    from audiobench.perturb.chain import Chain, parse_on
-    from audiobench.perturb.grid import expand_grid
+    from audiobench.perturb.chain import parse_on
+    from audiobench.perturb.spec import chained
 
     if isinstance(on, dict):
         spec = {("perturbation" if k == "kind" else k): v for k, v in on.items()}
+        if not isinstance(spec.get("perturbation"), str):
+            raise ConfigError(f"base must name its kind (e.g. base: {{kind: gaussian, snr_db: 20}}), got {on!r}")
         spec = parse_on(spec.pop("perturbation") + ":" + ";".join(f"{k}={v}" for k, v in spec.items()))
     else:
         spec = parse_on(str(on))
-    base = expand_grid(spec["perturbation"], **{k: v for k, v in spec.items() if k != "perturbation"})
-    chained = [Chain(base=spec, attack={"perturbation": c.name, **{f.name: getattr(c, f.name) for f in dataclasses.fields(c)}})
-               for c in conds]
-    return base + chained
+    return chained(spec, conds, max_cells=max_cells)
 
 
-def parse_sweep(raw: Any, path: Path = Path("<sweep>")) -> Sweep:
+def parse_sweep(raw: Any, path: Path = Path("<sweep>"), *, max_cells: int = MAX_CELLS) -> Sweep:
     """Validate a parsed sweep mapping and expand it to runs."""
     from audiobench.models import MODELS
     from audiobench.perturb import PERTURBATIONS
-    from audiobench.perturb.grid import expand_grid
+    from audiobench.perturb.spec import count_grid, expand_counted
 
     if not isinstance(raw, dict):
         raise _err(path, "", "a sweep file must be a mapping with name, models and perturbations")
@@ -192,11 +224,15 @@ def parse_sweep(raw: Any, path: Path = Path("<sweep>")) -> Sweep:
     if not isinstance(entries, list):
         raise _err(path, "perturbations", "must be a list of entries with a 'kind'")
     labelled: List[Tuple[str, list]] = []
+    cells = 0  # conditions of all entries so far, counted before expanding them
+    n_models = sum(len(checkpoints.get(m, [None])) for m in models)
     for i, entry in enumerate(entries):
         where = f"perturbations[{i}]"
         if not isinstance(entry, dict) or "kind" not in entry:
             raise _err(path, where, "must be a mapping with a 'kind' (see audiobench list perturbations)")
         kind = entry["kind"]
+        if not isinstance(kind, str):
+            raise _err(path, where, f"kind must be one perturbation name, got {kind!r}")
         try:
             PERTURBATIONS.get(kind)
         except AudiobenchError as exc:
@@ -211,9 +247,13 @@ def parse_sweep(raw: Any, path: Path = Path("<sweep>")) -> Sweep:
             conds = []
         else:
             try:
-                conds = expand_grid(kind, **options)
+                cells += count_grid(kind, **options)
+                if cells * n_models > max_cells:
+                    raise ConfigError(f"the grid expands to more than {max_cells:,} conditions "
+                                      f"(raise the limit with --max-cells if you mean it)")
+                conds = expand_counted(kind, max_cells=max_cells, **options)
                 if entry.get("base") is not None:
-                    conds = _chained(entry["base"], conds)
+                    conds = _chained(entry["base"], conds, max_cells)
             except (AudiobenchError, TypeError, ValueError) as exc:
                 raise _err(path, f"{where} ({kind})", str(exc).splitlines()[0]) from None
         labelled.append((label, conds))
@@ -262,64 +302,57 @@ def _checkpoints(path: Path, value, models) -> Dict[str, List[Tuple[Optional[str
 
 # --- cost ---------------------------------------------------------------------------------------
 def condition_cost(cond, trust_checks: bool = True) -> Tuple[float, float]:
-    """(forward passes, backward passes) of the model per clip for one condition, including the
-    final evaluation forward and the attack trust references (an upper bound where an attack
-    may stop early, e.g. min-eps bisection)."""
-    if getattr(cond, "name", "") == "chain":  # base then attack: the attack's passes
-        f, b = condition_cost(cond._attack, trust_checks)
-        f0, b0 = condition_cost(cond._base, False)
-        return f + f0 - 1.0, b + b0
-    name = getattr(cond, "name", "")
-    steps = int(getattr(cond, "steps", 0) or 0)
-    restarts = max(int(getattr(cond, "restarts", 1) or 1), 1)
-    fwd, bwd = 1.0, 0.0  # the evaluation forward of every condition
-    if name in ("pgd", "feature-pgd"):
-        fwd += restarts * (steps + 1)
-        bwd += restarts * steps
-    elif name == "apgd":
-        fwd += restarts * (steps + 1)
-        bwd += restarts * steps
-    elif name == "fgsm":
-        fwd += 2
-        bwd += 1
-    elif name == "min-eps":
-        probes = int(getattr(cond, "probes", 1) or 1)
-        fwd += 1 + probes * (restarts * (steps + 1) + 1)
-        bwd += probes * restarts * steps
-    elif name == "universal":
-        epochs = int(getattr(cond, "epochs", 1) or 1)
-        fwd += epochs
-        bwd += epochs
-    if trust_checks and getattr(cond, "uses_model", False) and getattr(cond, "param", None) == "eps":
-        fwd += 1  # Gaussian noise of the same L2 norm
-        if name != "fgsm" and getattr(cond, "domain", "waveform") != "feature":
-            fwd += 1  # FGSM at the same eps
-            bwd += 1
+    """(forward, backward) model passes per clip of one condition: its own passes
+    (:meth:`~audiobench.perturb.base.Perturbation.cost`), its evaluation forward and, with trust
+    checks, those of its companions that run on every clip (the 10x-eps companion runs on a fixed
+    number of clips and is counted in :func:`run_cost`). An upper bound where an attack may stop
+    early (min-eps bisection)."""
+    from audiobench.engine.plan import plan_model
+
+    plan = plan_model([cond], 1, trust_checks=trust_checks)
+    fwd = bwd = 0.0
+    for job in plan.jobs:
+        if job.companion is None or job.companion.clip_limit is None:
+            f, b = job.cost_per_clip()
+            fwd, bwd = fwd + f, bwd + b
     return fwd, bwd
 
 
 def run_cost(run: SweepRun, trust_checks: bool, n_clips: Optional[int]) -> Dict[str, Any]:
-    """Per-clip passes of one run summed over its conditions, plus the 10x-eps trust checks
-    (once per attack kind, on at most 32 clips) and totals when the clip count is known."""
-    from audiobench.trust import TENFOLD_CLIPS, is_attack
+    """Model passes of one run, from the engine's own plan of its jobs (conditions and trust
+    companions): per clip, and in total when the clip count is known."""
+    from audiobench.engine.plan import plan_model
 
-    fwd = bwd = 0.0
-    groups = {}
-    for c in run.conditions:
-        f, b = condition_cost(c, trust_checks)
-        fwd, bwd = fwd + f, bwd + b
-        if trust_checks and is_attack(c) and c.name != "min-eps" and not getattr(c, "requires_fit", False):
-            groups[(c.name, getattr(c, "norm", None))] = c
-    extra_f = extra_b = 0.0
-    for c in groups.values():
-        f, b = condition_cost(c, trust_checks=False)
-        extra_f, extra_b = extra_f + f, extra_b + b
-    out = {"fwd_per_clip": fwd, "bwd_per_clip": bwd}
-    if n_clips is not None:
-        k = min(TENFOLD_CLIPS, n_clips)
-        out["fwd_total"] = fwd * n_clips + extra_f * k
-        out["bwd_total"] = bwd * n_clips + extra_b * k
-    return out
+    plan = plan_model(run.conditions, n_clips if n_clips is not None else 1, trust_checks=trust_checks)
+    if n_clips is None:
+        fwd = sum(condition_cost(c, trust_checks)[0] for c in run.conditions)
+        bwd = sum(condition_cost(c, trust_checks)[1] for c in run.conditions)
+        return {"fwd_per_clip": fwd, "bwd_per_clip": bwd}
+    return plan.passes(n_clips)
+
+
+def missing_weights(sweep: Sweep) -> List[str]:
+    """One line per model whose weights cannot be found here (no download is attempted)."""
+    from audiobench.errors import WeightsError
+    from audiobench.models import MODELS
+    from audiobench.models.weights import resolve_weights
+
+    if sweep.settings["weights"] == "random":
+        return []
+    lines = []
+    with_ckpt = {r.model for r in sweep.runs if r.checkpoint}
+    for model in dict.fromkeys(r.model for r in sweep.runs):
+        if model in with_ckpt:
+            for r in sweep.runs:
+                if r.model == model and r.checkpoint and not Path(r.checkpoint).is_file():
+                    lines.append(f"missing checkpoint for {model}: {r.checkpoint}")
+                    break
+            continue
+        try:
+            resolve_weights(MODELS.get(model).spec, download=False)
+        except WeightsError as exc:
+            lines.append(f"missing weights: {str(exc).splitlines()[0]}")
+    return lines
 
 
 def count_clips(sweep: Sweep) -> Optional[int]:
@@ -343,14 +376,14 @@ def count_clips(sweep: Sweep) -> Optional[int]:
 
 def run_status(out: Path, run_id: str) -> str:
     """'complete', 'partial' (run.json exists, not complete) or 'new'."""
-    import json
+    from audiobench.results.schema import read_run_info
 
-    p = Path(out) / run_id / "run.json"
-    try:
-        meta = json.loads(p.read_text())
-    except (OSError, ValueError):
+    if not (Path(out) / run_id / "run.json").exists():
         return "new"
-    return "complete" if meta.get("complete") else "partial"
+    try:
+        return "complete" if read_run_info(Path(out) / run_id).complete else "partial"
+    except AudiobenchError:
+        return "partial"
 
 
 def format_plan(sweep: Sweep, out: Path, n_clips: Optional[int]) -> List[str]:
@@ -373,6 +406,7 @@ def format_plan(sweep: Sweep, out: Path, n_clips: Optional[int]) -> List[str]:
             tot_b += cost.get("bwd_total", 0.0)
         lines.append(f"{status}\t{run.run_id}\t{len(run.conditions)}: {run.levels()}\t"
                      f"{_num(cost['fwd_per_clip'])}\t{_num(cost['bwd_per_clip'])}")
+    lines.extend(missing_weights(sweep))
     if n_clips is not None:
         lines.append(f"to run: {todo} run(s), about {_num(tot_f)} forward and {_num(tot_b)} backward passes "
                      f"(model passes over one clip, incl. trust checks; skipped: complete runs)")

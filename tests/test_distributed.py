@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audiobench.cli import cli
-from audiobench.distributed import DistContext, env_world, shard_batches, split_batch, split_batches
+from audiobench.engine.distributed import DistContext, env_world, shard_batches, split_batch, split_batches
 from audiobench.errors import ConfigError
 
 

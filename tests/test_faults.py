@@ -335,8 +335,8 @@ def test_oom_on_a_single_clip_is_not_swallowed(inputs, tmp_path, monkeypatch):
     # split down to one clip, then one clear line (not a traceback, not a silent skip)
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit)
     assert "CUDA out of memory on a single clip" in res.output and "Traceback" not in res.output
-    run = _only_run(tmp_path / "o")
-    assert json.loads((run / "run.json").read_text())["complete"] is False
+    # it failed before storing any result: no half-made run folder is left behind
+    assert not any((p / "run.json").exists() for p in (tmp_path / "o").iterdir())
 
 
 # --- non-finite model outputs -------------------------------------------------------------------

@@ -75,8 +75,9 @@ def test_cost_model():
 
     assert condition_cost(P.get("none")()) == (1, 0)
     assert condition_cost(P.get("gaussian")(snr_db=10)) == (1, 0)
-    # pgd: steps grads + final loss + eval, plus trust refs (FGSM: 1 grad + 1 fwd; same-L2 noise: 1 fwd)
-    assert condition_cost(P.get("pgd")(eps=0.001, steps=10)) == (1 + 11 + 2, 10 + 1)
+    # pgd: steps grads + final loss + eval, plus the trust companions on every clip (FGSM: its
+    # gradient, the loss of its step and its eval; same-L2 noise: its eval)
+    assert condition_cost(P.get("pgd")(eps=0.001, steps=10)) == (1 + 11 + 3 + 1, 10 + 1)
     assert condition_cost(P.get("pgd")(eps=0.001, steps=10, restarts=2), trust_checks=False) == (1 + 22, 20)
     assert condition_cost(P.get("universal")(eps=0.001, epochs=3), trust_checks=False) == (4, 3)
     fwd, bwd = condition_cost(P.get("min-eps")(eps_max=0.01, probes=4, steps=5))
@@ -89,10 +90,11 @@ def test_dry_run_prints_grid_and_cost(tmp_path):
     lines = res.output.splitlines()
     assert lines[0].startswith("sweep toy: 10 run(s)") and "clips per run: 16" in lines[0]
     pgd = next(ln for ln in lines if ln.startswith("new\ttoy--toy-cnn--pgd\t"))
-    # clean 1 + 2 x (eval 1 + 6 PGD fwd + 2 trust fwd) forward, 2 x (5 + 1) backward per clip
-    assert pgd.endswith("\t19\t12")
-    # totals: per-clip passes x 16 clips + the 10x-eps check (7 fwd, 5 bwd on 16 clips) per pgd run
-    assert lines[-1].startswith("to run: 10 run(s), about 1,152 forward and 544 backward passes")
+    # per clip: clean 1 + 2 x (eval 1 + 6 PGD + FGSM companion 3 + same-L2 companion 1) forward and
+    # 2 x (5 + 1) backward, plus the 10x-eps companion (7 forward, 5 backward) on all 16 clips
+    assert pgd.endswith("\t30\t17")
+    # totals: per-clip passes x 16 clips, both models
+    assert lines[-1].startswith("to run: 10 run(s), about 1,280 forward and 544 backward passes")
     assert not (tmp_path / "toy--toy-cnn--pgd").exists()  # a dry run writes nothing
 
 

@@ -9,8 +9,6 @@ datafile is read through :func:`audiobench.data.open_dataset` and scored in batc
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -50,7 +48,9 @@ def predict(model_name, checkpoint, top_k, save_logits, device, batch_size, limi
     for text in inputs:  # fail before the (slow) model load on a mistyped path
         if not _is_dataset(text) and not Path(text).expanduser().is_file():
             raise DataError(f"audio file {text} does not exist")
-    dev = _pick_device(device)
+    from audiobench.device import parse_device
+
+    dev = parse_device(device)
     model = load_model(model_name, checkpoint=checkpoint, device=dev)
     if save_logits is not None and not save_logits.parent.exists():
         raise ConfigError(f"--save-logits {save_logits}: folder {save_logits.parent} does not exist")
@@ -76,7 +76,9 @@ def predict(model_name, checkpoint, top_k, save_logits, device, batch_size, limi
     names = _label_names(vocab, data_vocab, all_logits.shape[1])
     _print_table(ids, all_logits, names, top_k, model_name)
     if save_logits is not None:
-        _save_npz(save_logits, clip_ids=np.asarray(ids, dtype=str), logits=all_logits,
+        from audiobench.fileio import atomic_write_npz
+
+        atomic_write_npz(save_logits, clip_ids=np.asarray(ids, dtype=str), logits=all_logits,
                   model=np.asarray(model_name), checkpoint_sha256=np.asarray(model.checkpoint_sha256 or ""))
         click.echo(f"wrote {len(ids)} x {all_logits.shape[1]} logits to {save_logits}", err=True)
 
@@ -187,33 +189,3 @@ def _print_table(ids, logits, names, top_k, model_name) -> None:
 
     console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=False)
     console.print(table)
-
-
-def _save_npz(path: Path, **arrays) -> None:
-    import numpy as np
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _pick_device(device: str):
-    import torch
-
-    from audiobench.errors import ConfigError
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"--device {device!r} is not a valid device (auto, cpu, cuda, cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device!r}: CUDA is not available on this machine")
-    return dev

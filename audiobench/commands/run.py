@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
 
@@ -10,81 +9,13 @@ import click
 
 DEFAULT_MODELS = "toy-cnn,toy-transformer"
 
-# CLI option -> perturbation dataclass field. Level options take comma-separated lists.
-LEVEL_OPTIONS = {
-    "eps": "eps", "snr": "snr_db", "sigma": "sigma", "period": "period_s", "span": "span_s",
-    "fraction": "fraction", "band": "band_hz",
-}
-SCALAR_OPTIONS = {
-    "pattern": "pattern", "norm": "norm", "steps": "steps", "step_size": "step_size", "restarts": "restarts",
-    "fill": "fill", "fill_level": "fill_level_db", "eps_max": "eps_max", "epochs": "epochs",
-}
-
 
 def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
-def build_conditions(noises: list[str], options: dict):
-    """Expand --noise kinds and level options into the list of conditions (clean first)."""
-    import dataclasses
-
-    from audiobench.errors import ConfigError
-    from audiobench.perturb import PERTURBATIONS
-    from audiobench.perturb.grid import expand_grid, parse_levels
-
-    given = {k: v for k, v in options.items() if v is not None}
-    used = set()
-    conditions = [PERTURBATIONS.get("none")()]
-    for kind in noises:
-        cls = PERTURBATIONS.get(kind)  # unknown name -> "did you mean"
-        if kind == "none":
-            continue
-        fields = {f.name for f in dataclasses.fields(cls)}
-        kw = {}
-        for opt, field in {**LEVEL_OPTIONS, **SCALAR_OPTIONS}.items():
-            if opt in given and field in fields:
-                value = given[opt]
-                if opt in LEVEL_OPTIONS:
-                    try:
-                        value = _split(value) if field == "band_hz" else parse_levels(value)
-                    except ConfigError as exc:
-                        raise ConfigError(f"--{opt.replace('_', '-')} {value}: {exc}") from None
-                    if not value:
-                        raise ConfigError(f"--{opt.replace('_', '-')}: no levels given")
-                kw[field] = value
-                used.add(opt)
-        conditions.extend(expand_grid(kind, **kw))
-    on = given.pop("on", None)
-    if on:
-        # "PGD on perturbed" (Li et al. 2022): every perturbation of the grid applied on top of the
-        # --on condition, plus the --on condition alone for reference.
-        from audiobench.perturb.chain import Chain, parse_on
-
-        base_spec = parse_on(on)
-        base_alone = expand_grid(base_spec["perturbation"], **{k: v for k, v in base_spec.items() if k != "perturbation"})
-        chained = [Chain(base=base_spec, attack={"perturbation": c.name, **_own_fields(c)}) for c in conditions[1:]]
-        conditions = conditions[:1] + base_alone + chained
-    unused = sorted(set(given) - used)
-    if unused:
-        opts = ", ".join("--" + u.replace("_", "-") for u in unused)
-        raise ConfigError(f"{opts} does not apply to --noise {','.join(noises)}")
-    seen = {}
-    for c in conditions:
-        if c.condition_id in seen:
-            raise ConfigError(f"condition {c.condition_id} appears twice in the grid")
-        seen[c.condition_id] = c
-    return conditions
-
-
-def _own_fields(p) -> dict:
-    """The dataclass fields of a perturbation (what rebuilds it), without derived names."""
-    import dataclasses
-
-    return {f.name: getattr(p, f.name) for f in dataclasses.fields(p)}
-
-
 def parse_checkpoints(value: str | None, models: list[str]) -> dict:
+    """--checkpoint PATH (one model) or NAME=PATH[,NAME=PATH...] -> {model: path}."""
     from audiobench.errors import ConfigError
 
     if not value:
@@ -95,9 +26,9 @@ def parse_checkpoints(value: str | None, models: list[str]) -> dict:
             name, path = part.split("=", 1)
             if name not in models:
                 raise ConfigError(f"--checkpoint {part}: model {name!r} is not in --model")
-            out[name] = str(Path(path).expanduser())
+            out[name] = path
         elif len(models) == 1:
-            out[models[0]] = str(Path(part).expanduser())
+            out[models[0]] = part
         else:
             raise ConfigError("--checkpoint with several models must be NAME=PATH[,NAME=PATH...]")
     return out
@@ -151,73 +82,76 @@ def run(models, noises, eps, snr, sigma, pattern, period, span, fraction, band, 
       audiobench run --model efficientat-mn04 --noise gaussian,pgd --snr 30,20,10 --eps 0.001,0.002
       audiobench run --noise occlusion --pattern alternate --period 1,0.5,0.25
     """
-    from audiobench.engine import RunConfig, Runner, StopRequested
-    from audiobench.errors import ConfigError
+    from audiobench.api import build_run_config, run_config
+    from audiobench.engine import StopRequested
+    from audiobench.engine.distributed import DistributedError
+    from audiobench.perturb.spec import build_conditions
 
     model_list = _split(models)
-    if not model_list:
-        raise ConfigError("--model: no model given")
-    from audiobench.models import MODELS
-
-    for m in model_list:
-        MODELS.get(m)
     noise_list = _split(noises) or ["none"]
     options = dict(eps=eps, snr=snr, sigma=sigma, pattern=pattern, period=period, span=span, fraction=fraction, band=band,
                    fill=fill, fill_level=fill_level, norm=norm, steps=steps, step_size=step_size, restarts=restarts,
                    eps_max=eps_max, epochs=epochs, on=on)
-    conditions = build_conditions(noise_list, options)
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {limit}")
-    if bootstrap < 0:
-        raise ConfigError(f"--bootstrap must be >= 0, got {bootstrap}")
+    argv = list(sys.argv[1:])
     if resume and not run_id:
-        run_id = _latest_matching_run(Path(out))
-    config = RunConfig(
-        models=model_list, conditions=conditions, data=data, data_root=data_root,
-        checkpoints=parse_checkpoints(checkpoint, model_list), device=device, batch_size=batch_size, limit=limit,
-        seed=seed, out=Path(out), run_id=run_id, resume=resume, precision=precision, bootstrap=bootstrap,
+        run_id = _latest_incomplete_run(Path(out))
+    config = build_run_config(
+        model_list, build_conditions(noise_list, options), data=data, data_root=data_root,
+        checkpoint=parse_checkpoints(checkpoint, model_list), device=device, batch_size=batch_size, limit=limit,
+        seed=seed, out=out, run_id=run_id, resume=resume, precision=precision, bootstrap=bootstrap,
         save_audio=save_audio, weights="random" if random_weights else "default", trust_checks=not no_trust_checks,
         on_bad_clip=on_bad_clip,
     )
-    from audiobench.distributed import DistributedError
-
-    runner = Runner(config, progress=not quiet, log=lambda m: click.echo(m, err=True))
     try:
-        run_dir = runner.run()
+        result = run_config(config, progress=not quiet, log=lambda m: click.echo(m, err=True))
     except DistributedError as exc:
         if not exc.report_here:  # under torchrun: rank 0 (or the failing rank) prints the one line
             sys.exit(1)
         raise
     except StopRequested as stop:
-        if not runner.dist.is_main:
+        if not getattr(stop, "is_main", True):
             sys.exit(130)
-        click.echo(
-            f"stopped by {stop.args[0]} after storing finished batches; resume with: "
-            f"audiobench {shlex.join(sys.argv[1:]) if sys.argv[1:] else 'run'} --run-id {runner.run_id} --resume",
-            err=True,
-        )
+        click.echo(f"stopped by {stop.args[0]} after storing finished batches; resume with: "
+                   f"audiobench {resume_command(argv, stop.run_id)}", err=True)
         sys.exit(130)
-    finally:
-        runner.dist.close()
-    if not runner.dist.is_main:  # under torchrun only rank 0 reports
+    if result is None:  # under torchrun only rank 0 reports
         return
-    from audiobench.summary import print_run_summary
+    from audiobench.report.summary import print_run_summary
 
-    print_run_summary(run_dir)
-    click.echo(f"results: {run_dir}")
+    print_run_summary(result.run_dir)
+    click.echo(f"results: {result.run_dir}")
 
 
-def _latest_matching_run(out: Path):
+def resume_command(argv: list, run_id: str) -> str:
+    """The command line that resumes a stopped run: the original arguments with one
+    ``--run-id RUN_ID --resume`` (any earlier --run-id/--resume removed)."""
+    import shlex
+
+    args, skip = [], False
+    for a in argv or ["run"]:
+        if skip:
+            skip = False
+            continue
+        if a == "--run-id":
+            skip = True
+            continue
+        if a.startswith("--run-id=") or a == "--resume":
+            continue
+        args.append(a)
+    return shlex.join(args + ["--run-id", str(run_id), "--resume"])
+
+
+def _latest_incomplete_run(out: Path):
     """--resume without --run-id: the newest incomplete run folder in ``out`` (None if none)."""
-    import json
+    from audiobench.errors import ResultsError
+    from audiobench.results.schema import read_run_info
 
     best = None
     if out.is_dir():
         for p in sorted(out.iterdir()):
             try:
-                meta = json.loads((p / "run.json").read_text())
-            except (OSError, ValueError):
+                if not read_run_info(p).complete:
+                    best = p.name
+            except ResultsError:
                 continue
-            if not meta.get("complete"):
-                best = p.name
     return best

@@ -1,13 +1,11 @@
-"""`audiobench train-toy`: reproducibly train the toy-* models on a toy training split.
+"""`audiobench train-toy`: reproducibly train the toy-* models (see :mod:`audiobench.models.toy_training`).
 
-The committed weights (audiobench/assets/weights/toy-*.pt) were made with the defaults:
+The committed weights were made from the repository root with
 
     audiobench train-toy --out audiobench/assets/weights
 
-Training uses 512 clips of an independent split of the toy generator (seed 1; the evaluation set
-is seed 0), 30 epochs for toy-cnn and 40 for toy-transformer, random 5 s crops (the models pool over time, so crops train the same function 2× faster), BCE
-over all 527 classes, AdamW. Everything is seeded: the same command gives the same weights on
-the same torch build and device.
+By default the weights go to ``$AUDIOBENCH_HOME/weights``, where ``audiobench run`` finds them
+before the shipped ones; overwriting the shipped weights takes that explicit ``--out``.
 """
 
 from __future__ import annotations
@@ -17,78 +15,10 @@ from pathlib import Path
 import click
 
 
-DEFAULT_EPOCHS = {"toy-cnn": 30, "toy-transformer": 40}
-
-
-def train_one(name: str, *, n_clips: int, epochs: int, batch_size: int, crop_seconds: float, lr: float, seed: int,
-              log=print):
-    import numpy as np
-    import torch
-
-    from audiobench.data.toy import TOY_SAMPLE_RATE, generate_toy_clips
-    from audiobench.models import MODELS
-
-    entry = MODELS.get(name)
-    _, wav, tgt = generate_toy_clips(n_clips, seed=seed + 1)
-    # the evaluation shard stores int16: train on the same quantisation
-    wav = np.round(wav * 32767.0).astype(np.float32) / 32767.0
-    x_all = torch.from_numpy(wav)
-    y_all = torch.from_numpy(tgt.astype(np.float32))
-    crop = int(crop_seconds * TOY_SAMPLE_RATE)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):  # parameter init draws from the global RNG: contain it
-        torch.manual_seed(seed)
-        model = entry.factory(entry.spec)
-    model.train()
-    opt = torch.optim.AdamW(model.net.parameters(), lr=lr, weight_decay=1e-4)
-    steps_per_epoch = (n_clips + batch_size - 1) // batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
-    # BCE summed over the 527 classes (mean over clips): a mean over classes would divide the
-    # gradient of the ten toy classes by 527 and leave them underfitted.
-    bce = torch.nn.BCEWithLogitsLoss(reduction="none")
-
-    def loss_fn(logits, y):
-        return bce(logits, y).sum(dim=1).mean()
-
-    for epoch in range(epochs):
-        order = torch.randperm(n_clips, generator=gen)
-        total = 0.0
-        for b in range(steps_per_epoch):
-            idx = order[b * batch_size:(b + 1) * batch_size]
-            starts = torch.randint(0, x_all.shape[1] - crop + 1, (len(idx),), generator=gen)
-            x = torch.stack([x_all[i, s:s + crop] for i, s in zip(idx.tolist(), starts.tolist())])
-            gain = 10 ** (torch.empty(len(idx), 1).uniform_(-6, 6, generator=gen) / 20)  # ±6 dB level jitter
-            x = (x * gain).clamp(-1, 1)
-            loss = loss_fn(model(x), y_all[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-        log(f"{name} epoch {epoch + 1}/{epochs} loss {total / n_clips:.4f} (summed over classes)")
-    model.eval()
-    return model
-
-
-def evaluate_on_toy(model, batch_size: int = 16) -> float:
-    import numpy as np
-    import torch
-
-    from audiobench.data import open_dataset
-    from audiobench.metrics.tagging import tagging_metrics
-
-    ds = open_dataset(None)
-    logits = []
-    with torch.no_grad():
-        for batch in ds.batches(batch_size):
-            logits.append(model(batch.waveform).numpy())
-    scores = 1 / (1 + np.exp(-np.concatenate(logits).astype(np.float64)))
-    return float(tagging_metrics(scores, ds.targets())["mAP"])
-
-
 @click.command("train-toy")
 @click.option("--model", "models", default="toy-cnn,toy-transformer", help="Toy model(s) to train.")
-@click.option("--out", type=click.Path(file_okay=False), default="audiobench/assets/weights", help="Folder for <model>.pt.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for <model>.pt (default: $AUDIOBENCH_HOME/weights, searched before the shipped weights).")
 @click.option("--n-clips", type=int, default=512, help="Training clips (toy generator seed 1).")
 @click.option("--epochs", type=int, default=None, help="Epochs (default per model: toy-cnn 30, toy-transformer 40).")
 @click.option("--batch-size", type=int, default=32)
@@ -97,13 +27,10 @@ def evaluate_on_toy(model, batch_size: int = 16) -> float:
 @click.option("--seed", type=int, default=0)
 def train_toy(models, out, n_clips, epochs, batch_size, crop_seconds, lr, seed):
     """Train the toy models (offline, CPU, a few minutes) and report their clean mAP on the toy set."""
-    import io
-
-    import torch
-
     from audiobench.errors import ConfigError
-    from audiobench.models.checkpoints import sha256_file
-    from audiobench.results import atomic_write_bytes, ensure_writable_dir
+    from audiobench.models.toy_training import DEFAULT_EPOCHS, evaluate_on_toy, save_weights, train_one
+    from audiobench.paths import weights_dirs
+    from audiobench.results import ensure_writable_dir
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     for n in names:
@@ -111,13 +38,11 @@ def train_toy(models, out, n_clips, epochs, batch_size, crop_seconds, lr, seed):
             raise ConfigError(f"--model {n}: train-toy trains toy-* models only")
     if n_clips < batch_size or (epochs is not None and epochs < 1):
         raise ConfigError("--n-clips must be >= --batch-size and --epochs >= 1")
-    out_dir = ensure_writable_dir(Path(out))
+    out_dir = ensure_writable_dir(Path(out) if out is not None else weights_dirs()[0])
     for name in names:
-        model = train_one(name, n_clips=n_clips, epochs=epochs or DEFAULT_EPOCHS.get(name, 30), batch_size=batch_size, crop_seconds=crop_seconds,
-                          lr=lr, seed=seed, log=lambda m: click.echo(m, err=True))
-        buf = io.BytesIO()
-        torch.save({k: v.detach().clone() for k, v in model.net.state_dict().items()}, buf)
+        model = train_one(name, n_clips=n_clips, epochs=epochs or DEFAULT_EPOCHS.get(name, 30), batch_size=batch_size,
+                          crop_seconds=crop_seconds, lr=lr, seed=seed, log=lambda m: click.echo(m, err=True))
         path = out_dir / f"{name}.pt"
-        atomic_write_bytes(path, buf.getvalue())
+        sha = save_weights(model, path)
         mAP = evaluate_on_toy(model)
-        click.echo(f"{name}: clean mAP on the toy set {mAP:.4f}; wrote {path} ({path.stat().st_size / 1e6:.2f} MB, sha256 {sha256_file(path)})")
+        click.echo(f"{name}: clean mAP on the toy set {mAP:.4f}; wrote {path} ({path.stat().st_size / 1e6:.2f} MB, sha256 {sha})")

@@ -14,7 +14,7 @@ import click
 def verify_run(run_dir, data_root, tolerance):
     """Recompute every aggregate in metrics.csv from scores.npz and per_clip.csv, and check the
     hashes in run.json (clip list, checkpoint sha256). Exits non-zero on any mismatch."""
-    from audiobench.verify import verify_run_dir
+    from audiobench.results.verify import verify_run_dir
 
     problems, checks = verify_run_dir(run_dir, data_root=data_root, rtol=tolerance)
     for line in checks:

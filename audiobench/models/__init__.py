@@ -36,8 +36,4 @@ def load_model(name, checkpoint=None, device="cpu", **kwargs):
 import importlib as _importlib
 
 for _mod in ("toy", "efficientat", "panns", "ast", "atdr"):
-    try:
-        _importlib.import_module(f"audiobench.models.{_mod}")
-    except ModuleNotFoundError as _exc:  # module not written yet
-        if _exc.name != f"audiobench.models.{_mod}":
-            raise
+    _importlib.import_module(f"audiobench.models.{_mod}")

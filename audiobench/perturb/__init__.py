@@ -17,8 +17,4 @@ def register_perturbation(cls):
 import importlib as _importlib
 
 for _mod in ("none", "noise", "occlusion", "attacks", "feature", "universal", "min_eps", "chain"):
-    try:
-        _importlib.import_module(f"audiobench.perturb.{_mod}")
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"audiobench.perturb.{_mod}":
-            raise
+    _importlib.import_module(f"audiobench.perturb.{_mod}")

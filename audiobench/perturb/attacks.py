@@ -29,7 +29,16 @@ import torch.nn.functional as F
 
 from audiobench.errors import ConfigError
 from audiobench.perturb import register_perturbation
-from audiobench.perturb.base import AttackTrace, Perturbation, check_choice, check_finite, check_int
+from audiobench.perturb.base import (
+    TENFOLD_CLIPS,
+    AttackTrace,
+    Companion,
+    Perturbation,
+    SameL2Gaussian,
+    check_choice,
+    check_finite,
+    check_int,
+)
 
 NORMS = ("linf", "l2")
 Bounds = Optional[Tuple[float, float]]
@@ -388,10 +397,40 @@ def _validate_attack(p, *, with_steps: bool = True) -> None:
 class _Attack(Perturbation):
     level_field = "eps"
     uses_model = True
+    is_attack = True
 
     @property
     def variant(self) -> str:
         return self.norm  # type: ignore[attr-defined]
+
+    def cost(self) -> tuple:
+        """PGD-style: a loss forward per step and one more for the last iterate, per restart."""
+        restarts = int(getattr(self, "restarts", 1) or 1)
+        steps = int(getattr(self, "steps", 0) or 0)
+        return (float(restarts * (steps + 1)), float(restarts * steps))
+
+    def companions(self) -> List[Companion]:
+        return attack_companions(self)
+
+
+def attack_companions(attack, *, fgsm: bool = True, same_l2: bool = True, tenfold: bool = True,
+                      base: Optional[Perturbation] = None, base_rng_key: Optional[str] = None) -> List[Companion]:
+    """The standard trust companions of a waveform attack with budget ``eps`` (see
+    :class:`~audiobench.perturb.base.Companion`): FGSM at the same eps and norm, Gaussian noise of
+    the same per-clip L2 norm, and the attack at 10x its eps on the first clips. ``base``: the
+    references of a chained attack start from the chain's base output."""
+    out: List[Companion] = []
+    if fgsm and attack.name != "fgsm":
+        ref = FGSM(eps=float(attack.eps), norm=getattr(attack, "norm", "linf"))
+        out.append(Companion("fgsm", ref, ref.condition_key() + "#trust", base=base, base_rng_key=base_rng_key))
+    if same_l2:
+        key = (base_rng_key or attack.condition_key())
+        out.append(Companion("gauss-same-l2", SameL2Gaussian(), key + "#gauss-same-l2", same_l2_as_parent=True,
+                             base=base, base_rng_key=base_rng_key))
+    if tenfold:
+        strong = attack.replace_level(float(attack.eps) * 10.0)
+        out.append(Companion("tenfold", strong, strong.condition_key() + "#tenfold", clip_limit=TENFOLD_CLIPS))
+    return out
 
 
 @register_perturbation
@@ -443,6 +482,9 @@ class FGSM(_Attack):
 
     def __post_init__(self):
         _validate_attack(self, with_steps=False)
+
+    def cost(self) -> tuple:
+        return (2.0, 1.0)  # the gradient's forward and backward, and the loss of the result
 
     def __call__(self, waveform, *, model=None, targets=None, rng=None, trace=None):
         if self.eps == 0:

@@ -130,6 +130,31 @@ def format_level(value: Any) -> str:
     return repr(v)
 
 
+TENFOLD_CLIPS = 32  # clips of the 10x-eps trust companion
+
+
+@dataclass(frozen=True)
+class Companion:
+    """A reference condition an attack asks the engine to run beside it (the trust checks).
+
+    The engine runs companions like any other condition (same guards, precision, resume and
+    sharding) and stores them as units of their own; :mod:`audiobench.trust` judges the attack
+    from them. ``role`` names it (``fgsm``: one step at the same eps; ``gauss-same-l2``: Gaussian
+    noise with the per-clip L2 norm of the attack's own change; ``tenfold``: the attack at 10x its
+    eps, once per attack group, for the group member with the largest eps). ``rng_key`` seeds its
+    per-clip streams; ``base`` (a chain's base, drawn from the parent's streams) is applied first
+    so references start where the attack started.
+    """
+
+    role: str
+    condition: "Perturbation"
+    rng_key: str
+    clip_limit: Optional[int] = None
+    same_l2_as_parent: bool = False
+    base: Optional["Perturbation"] = None
+    base_rng_key: Optional[str] = None
+
+
 class Perturbation:
     """Base class; concrete perturbations are dataclasses that subclass it."""
 
@@ -140,6 +165,23 @@ class Perturbation:
     needs_sample_rate: ClassVar[bool] = False
     domain: ClassVar[str] = "waveform"  # or "feature"
     comparable_across_models: ClassVar[bool] = True
+    #: a gradient attack with a budget ``eps``: the engine runs its trust companions
+    is_attack: ClassVar[bool] = False
+
+    def cost(self) -> tuple:
+        """(forward, backward) model passes per clip that the perturbation itself makes (the
+        engine's evaluation forward of the result is not included); used for sweep estimates."""
+        return (0.0, 0.0)
+
+    @property
+    def trust_group(self) -> tuple:
+        """Conditions of one group are compared by the eps-monotonicity check and share one
+        10x-eps companion: the kind and everything but the level."""
+        return (self.name, self.variant)
+
+    def companions(self) -> List[Companion]:
+        """The trust companions the engine runs beside this condition (none for non-attacks)."""
+        return []
 
     def __call__(self, waveform: torch.Tensor, *, model=None, targets=None, rng=None, trace=None) -> torch.Tensor:
         """Return the perturbed copy of ``waveform``; subclasses override."""
@@ -187,11 +229,33 @@ class Perturbation:
         items = ",".join(f"{k}={v!r}" for k, v in sorted(asdict(self).items()))  # type: ignore
         return f"{self.name}({items})"
 
+    def replace_level(self, value: float) -> "Perturbation":
+        """The same condition with its swept field set to ``value`` (the 10x-eps companion)."""
+        return dataclasses.replace(self, **{self.param: value})  # type: ignore[type-var]
+
     def with_sample_rate(self, sample_rate: int) -> "Perturbation":
         """A copy bound to the dataset's sample rate (``self`` when the kind does not need it)."""
         if not self.needs_sample_rate:
             return self
         return dataclasses.replace(self, sample_rate=int(sample_rate))  # type: ignore[type-var]
+
+
+@dataclass
+class SameL2Gaussian(Perturbation):
+    """Trust reference (not registered): white Gaussian noise scaled, per clip, to the L2 norm of
+    an attack's own change, so the attack can be compared with random noise of the same size. The
+    engine passes the norms as ``target_l2`` (batch,) in waveform units."""
+
+    name: ClassVar[str] = "gauss-same-l2"
+
+    def __call__(self, waveform: torch.Tensor, *, model=None, targets=None, rng=None, trace=None,
+                 target_l2: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if target_l2 is None:
+            raise TypeError("gauss-same-l2 needs target_l2, the per-clip L2 norms of the attack's change")
+        noise = rng.normal(waveform.shape[1])
+        l2 = target_l2.to(device=waveform.device, dtype=noise.dtype)
+        noise = noise * (l2 / noise.pow(2).sum(dim=1).sqrt().clamp_min(1e-12))[:, None]
+        return (waveform + noise).clamp(-1.0, 1.0)
 
 
 def check_finite(name: str, value: float, *, positive: bool = False, non_negative: bool = False, allow_inf: bool = False) -> None:
@@ -235,16 +299,19 @@ def signal_power(waveform: torch.Tensor) -> torch.Tensor:
 
 
 def realised_snr_db(clean: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:
-    """Per-clip SNR in dB of ``perturbed`` against ``clean``: 10·log10(P(clean)/P(perturbed-clean)).
+    """Per-clip SNR in dB of ``perturbed`` against ``clean``: 10·log10(E(clean)/E(perturbed-clean)),
+    E = sum of squares. The one definition of realised SNR: the engine's per_clip.csv ``snr_db``
+    and the perturbations' checks use it.
 
-    float64, shape (batch,): ``inf`` where nothing changed, ``nan`` for a silent clean clip that
-    was changed (``-inf`` would be misleading: there is no signal to compare with), ``inf`` for a
-    silent clip left silent.
+    Shape (batch,), returned as float64 (computed from float32 sums, like the other per-clip
+    norms): ``inf`` where nothing changed (a silent clip left silent included), ``nan`` for a
+    silent clean clip that was changed (``-inf`` would be misleading: there is no signal to
+    compare with).
     """
-    ps = signal_power(clean)
-    pn = signal_power(perturbed.double() - clean.double())
-    with torch.no_grad():
-        snr = 10.0 * torch.log10(ps / pn)
+    c = clean.detach().float()
+    ps = c.pow(2).sum(dim=-1)
+    pn = (perturbed.detach().float() - c).pow(2).sum(dim=-1)
+    snr = 10.0 * torch.log10(ps / pn)
     snr = torch.where(pn == 0, torch.full_like(snr, math.inf), snr)
     snr = torch.where((ps == 0) & (pn > 0), torch.full_like(snr, math.nan), snr)
-    return snr
+    return snr.double()

@@ -112,6 +112,35 @@ class Chain(Perturbation):
 
         return Chain(base=bind(self.base, self._base), attack=bind(self.attack, self._attack))
 
+    @property
+    def is_attack(self) -> bool:  # type: ignore[override]
+        return bool(self._attack.is_attack)
+
+    @property
+    def trust_group(self) -> tuple:
+        # the attack's kind is part of the group: PGD and FGSM chained on one base are compared
+        # with their own kind only
+        return (self.name, self._attack.name, self.variant)
+
+    def cost(self) -> tuple:
+        f0, b0 = self._base.cost()
+        f1, b1 = self._attack.cost()
+        return (f0 + f1, b0 + b1)
+
+    def companions(self):
+        """The attack's companions, starting from the base's output (drawn from this chain's
+        streams); the 10x companion is the whole chain at 10x the attack's eps."""
+        if not self.is_attack:
+            return []
+        from audiobench.perturb.attacks import attack_companions
+
+        from audiobench.perturb.base import TENFOLD_CLIPS, Companion
+
+        comps = attack_companions(self._attack, tenfold=False, base=self._base, base_rng_key=self.condition_key())
+        strong = self.replace_level(float(self.eps) * 10.0)
+        comps.append(Companion("tenfold", strong, strong.condition_key() + "#tenfold", clip_limit=TENFOLD_CLIPS))
+        return comps
+
     def replace_level(self, value: float) -> "Chain":
         """The same chain with the attack's swept level set to ``value`` (trust checks' 10x eps)."""
         return Chain(base=self.base, attack={**self.attack, self._attack.param: value})

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from audiobench.perturb import register_perturbation
-from audiobench.perturb.attacks import _Attack, _check_model, _validate_attack, pgd
+from audiobench.perturb.attacks import _Attack, _check_model, _validate_attack, attack_companions, pgd
 from audiobench.perturb.base import Perturbation, check_finite
 
 
@@ -75,6 +75,11 @@ class FeaturePGD(_Attack, _FeatureDomain):
         if self.step_size is not None:
             check_finite("feature-pgd step_size", self.step_size, positive=True)
             self.step_size = float(self.step_size)
+
+    def companions(self):
+        # FGSM and same-L2 Gaussian references are defined in waveform space; the 10x-eps check
+        # and the loss/gradient checks apply to a feature-domain attack too
+        return attack_companions(self, fgsm=False, same_l2=False)
 
     def perturb_features(self, features, *, model=None, targets=None, rng=None, trace=None):
         if self.eps == 0:

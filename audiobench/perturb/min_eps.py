@@ -49,6 +49,11 @@ class MinEps(Perturbation):
     restarts: int = 1
     top_k: int = 5
 
+    def cost(self) -> tuple:
+        # the clean check, then per probe a PGD (restarts x (steps + 1) forwards) and its check
+        per_probe = self.restarts * (self.steps + 1) + 1
+        return (float(1 + self.probes * per_probe), float(self.probes * self.restarts * self.steps))
+
     def __post_init__(self):
         check_finite("min-eps eps_max", self.eps_max, positive=True)
         self.eps_max = float(self.eps_max)

@@ -9,7 +9,7 @@ import torch
 
 from audiobench.errors import ConfigError
 from audiobench.perturb import register_perturbation
-from audiobench.perturb.attacks import NORMS, _ascent_direction, _check_model, bce_per_clip, project
+from audiobench.perturb.attacks import NORMS, _ascent_direction, _check_model, attack_companions, bce_per_clip, project
 from audiobench.perturb.base import AttackTrace, Perturbation, check_choice, check_finite, check_int
 
 
@@ -43,6 +43,7 @@ class Universal(Perturbation):
     level_field = "eps"
     uses_model = True
     requires_fit = True
+    is_attack = True
 
     eps: float = 0.002
     norm: str = "linf"
@@ -63,6 +64,13 @@ class Universal(Perturbation):
     @property
     def variant(self) -> str:
         return self.norm
+
+    def cost(self) -> tuple:
+        return (float(self.epochs), float(self.epochs))  # one gradient per clip and epoch of the fit
+
+    def companions(self):
+        # the 10x check would need a second fit: FGSM and same-L2 references only
+        return attack_companions(self, tenfold=False)
 
     @property
     def delta(self) -> Optional[torch.Tensor]:

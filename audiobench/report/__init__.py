@@ -38,7 +38,7 @@ def render_html(runs: Sequence[RunResult], out: Path | str):
 
 def write_report(runs: Sequence[RunResult], fmt: str, out: Path | str) -> list[Path]:
     """Write the report in ``fmt`` to ``out`` atomically; returns the files written."""
-    from audiobench.report._io import atomic_write_text
+    from audiobench.fileio import atomic_write_text
 
     if fmt == "html":
         html, pngs = render_html(runs, out)

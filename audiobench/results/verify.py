@@ -3,7 +3,7 @@
 ``scores.npz`` holds the logits of every (model, condition) and the targets; ``per_clip.csv``
 holds the per-clip geometry of each perturbation (realised SNR, norms, min-eps), which cannot be
 recomputed without rerunning the attack. From those, the same code that wrote the tables
-(:func:`audiobench.aggregate.model_tables`) recomputes every row of ``metrics.csv``,
+(:func:`audiobench.results.tables.model_tables`) recomputes every row of ``metrics.csv``,
 ``per_clip.csv`` and ``per_class.csv`` (except the latent-space metrics, which need the model),
 and each value must agree within a relative tolerance.
 """
@@ -17,17 +17,18 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from audiobench.errors import ResultsError
-
-
-def _read_csv(path: Path):
-    import pandas as pd
-
-    try:
-        return pd.read_csv(path, keep_default_na=True)
-    except FileNotFoundError:
-        raise ResultsError(f"{path}: missing") from None
-    except Exception as exc:  # pandas raises many parser error types
-        raise ResultsError(f"{path}: unreadable ({type(exc).__name__})") from None
+from audiobench.results.schema import (
+    METRICS_COLUMNS,
+    METRICS_CSV,
+    PER_CLASS_COLUMNS,
+    PER_CLASS_CSV,
+    PER_CLIP_CSV,
+    PER_CLIP_REQUIRED,
+    SCORES_NPZ,
+    read_run_info,
+    read_scores,
+    read_table,
+)
 
 
 def _close(a, b, rtol: float) -> bool:
@@ -46,30 +47,22 @@ def _close(a, b, rtol: float) -> bool:
 
 def verify_run_dir(run_dir: Path, *, data_root: Optional[str] = None, rtol: float = 1e-8) -> Tuple[List[str], List[str]]:
     """Returns (problems, checks passed). Raises ResultsError only when the folder is unusable."""
-    from audiobench.aggregate import model_tables
-    from audiobench.metrics.condition import PER_CLIP_SHIFT
     from audiobench.data.shards import clip_list_hash
-    from audiobench.results import read_run_json
+    from audiobench.metrics.condition import PER_CLIP_SHIFT
+    from audiobench.results.tables import model_tables
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ResultsError(f"{run_dir}: not a directory")
-    meta = read_run_json(run_dir)
+    meta = read_run_info(run_dir).raw
     problems: List[str] = []
     checks: List[str] = []
     if not meta.get("complete"):
         problems.append("run.json says the run is not complete")
-    try:
-        z = np.load(run_dir / "scores.npz")
-    except FileNotFoundError:
-        raise ResultsError(f"{run_dir / 'scores.npz'}: missing") from None
-    except Exception as exc:
-        raise ResultsError(f"{run_dir / 'scores.npz'}: unreadable ({type(exc).__name__})") from None
-    with z:
-        arrays = {k: z[k] for k in z.files}
-    metrics = _read_csv(run_dir / "metrics.csv")
-    per_clip = _read_csv(run_dir / "per_clip.csv")
-    per_class = _read_csv(run_dir / "per_class.csv")
+    arrays = read_scores(run_dir / SCORES_NPZ)
+    metrics = read_table(run_dir / METRICS_CSV, METRICS_COLUMNS)
+    per_clip = read_table(run_dir / PER_CLIP_CSV, PER_CLIP_REQUIRED)
+    per_class = read_table(run_dir / PER_CLASS_CSV, PER_CLASS_COLUMNS)
     clip_ids = arrays.get("clip_ids")
     targets = arrays.get("targets")
     if clip_ids is None or targets is None:

@@ -9,9 +9,9 @@ SUMMARY_METRICS = ("mAP", "top5_hit_rate", "kl_mean", "top1_flip_rate")
 
 
 def summary_rows(run_dir: Path):
-    import pandas as pd
+    from audiobench.results.schema import METRICS_COLUMNS, METRICS_CSV, read_table
 
-    m = pd.read_csv(Path(run_dir) / "metrics.csv")
+    m = read_table(Path(run_dir) / METRICS_CSV, METRICS_COLUMNS)
     rows = []
     for (model, cond), g in m.groupby(["model", "condition"], sort=False):
         vals = {r.metric: r for r in g.itertuples()}

@@ -1,0 +1,171 @@
+"""The Python API: what users, the CLI and sweeps call.
+
+    import audiobench
+    res = audiobench.evaluate("toy-cnn", ["gaussian:snr_db=20", "pgd:eps=0.002;steps=3"], limit=16)
+    res.metrics                      # pandas DataFrame in the metrics.csv schema
+    print(res.report("md"))
+
+``audiobench run`` and ``audiobench sweep`` parse their options into exactly these arguments and
+call :func:`evaluate`, so the same inputs give byte-identical tables whichever way they are given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence, Union
+
+from audiobench.errors import ConfigError
+
+ModelLike = Union[str, Any]
+
+
+@dataclass
+class Results:
+    """One finished run: its folder and its tables (read through the result schema)."""
+
+    run_dir: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.run_dir.name
+
+    @cached_property
+    def _run(self):
+        from audiobench.results.schema import load_run
+
+        return load_run(self.run_dir)
+
+    @property
+    def info(self) -> Dict[str, Any]:
+        """run.json (provenance, resolved config, trust verdicts)."""
+        return self._run.info
+
+    @property
+    def metrics(self):
+        """metrics.csv: one row per (model, condition, metric)."""
+        return self._run.metrics
+
+    @property
+    def per_clip(self):
+        """per_clip.csv: one row per (model, condition, clip)."""
+        return self._run.per_clip
+
+    @property
+    def per_class(self):
+        """per_class.csv: one row per (model, condition, class, metric)."""
+        return self._run.per_class
+
+    def report(self, format: str = "table", out: Union[str, Path, None] = None):
+        """The report of this run: text for ``table``/``md``/``csv``; with ``out`` (required for
+        ``html``) the files are written and their paths returned."""
+        from audiobench.report import FORMATS, render, write_report
+
+        if format not in FORMATS:
+            raise ConfigError(f"report format {format!r}: choose one of {', '.join(FORMATS)}")
+        if out is not None or format == "html":
+            return write_report([self._run], format, Path(out or "report.html"))
+        return render([self._run], format)
+
+    def __repr__(self) -> str:
+        return f"Results({str(self.run_dir)!r})"
+
+
+def _model_names(model: Union[ModelLike, Sequence[ModelLike]]) -> list:
+    if isinstance(model, str):
+        names = [m.strip() for m in model.split(",") if m.strip()]
+    elif isinstance(model, (list, tuple)):
+        names = list(model)
+    else:
+        names = [model]
+    if not names:
+        raise ConfigError("model: no model given")
+    for m in names:
+        if not isinstance(m, str):
+            raise ConfigError(f"model {m!r}: give a registered model name")
+    return names
+
+
+def build_run_config(model, perturbations=(), *, data=None, limit=None, seed=0, device="auto", out="results",
+                     checkpoint=None, data_root=None, run_id=None, resume=False, batch_size=16, precision="fp32",
+                     bootstrap=1000, save_audio=0, trust_checks=True, on_bad_clip="fail", weights="default"):
+    """The :class:`~audiobench.engine.RunConfig` that :func:`evaluate` runs (checked, nothing run)."""
+    from audiobench.engine import RunConfig
+    from audiobench.models import MODELS
+    from audiobench.perturb.spec import parse_conditions
+
+    names = _model_names(model)
+    for m in names:
+        MODELS.get(m)  # unknown name -> "did you mean"
+    conditions = parse_conditions(list(perturbations) if not isinstance(perturbations, str) else [perturbations])
+    if isinstance(checkpoint, dict):
+        checkpoints = {k: (str(Path(v).expanduser()) if v is not None else None) for k, v in checkpoint.items()}
+        unknown = sorted(set(checkpoints) - set(names))
+        if unknown:
+            raise ConfigError(f"checkpoint for {unknown[0]!r}: that model is not being run")
+    elif checkpoint is not None:
+        if len(names) != 1:
+            raise ConfigError("checkpoint with several models must be a mapping NAME -> PATH")
+        checkpoints = {names[0]: str(Path(checkpoint).expanduser())}
+    else:
+        checkpoints = {}
+    config = RunConfig(
+        models=names, conditions=conditions, data=data, data_root=data_root, checkpoints=checkpoints,
+        device=device, batch_size=batch_size, limit=limit, seed=seed, out=Path(out), run_id=run_id, resume=resume,
+        precision=precision, bootstrap=bootstrap, save_audio=save_audio, weights=weights, trust_checks=trust_checks,
+        on_bad_clip=on_bad_clip,
+    )
+    config.validate()
+    return config
+
+
+def evaluate(model, perturbations: Sequence[Any] = (), *, data: Optional[str] = None, limit: Optional[int] = None,
+             seed: int = 0, device: str = "auto", out: Union[str, Path] = "results", progress: bool = False,
+             log: Optional[Callable[[str], None]] = None, **run_options) -> Optional[Results]:
+    """Benchmark ``model`` clean and under each perturbation; returns the finished run's Results.
+
+    Args:
+        model: a registered model name (``audiobench list models``), a comma-separated string of
+            names, or a list of names.
+        perturbations: ``KIND:FIELD=V;FIELD=V`` strings (the ``--on`` syntax, e.g.
+            ``"gaussian:snr_db=20"``, ``"pgd:eps=0.002;steps=3"``) or perturbation objects; the
+            clean condition is always added first.
+        data: a manifest name or ``.json``, an ``.h5`` shard or an AST JSON datafile; None = the
+            embedded toy set. ``limit``: only the first N clips.
+        seed: every random draw is keyed by (seed, clip id, condition).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``. ``out``: the results folder.
+        **run_options: every other ``audiobench run`` option as a keyword: ``checkpoint`` (a path,
+            or a mapping model → path), ``data_root``, ``run_id``, ``resume``, ``batch_size``,
+            ``precision``, ``bootstrap``, ``save_audio``, ``trust_checks``, ``on_bad_clip``.
+
+    Raises :class:`~audiobench.errors.AudiobenchError` (one line) for bad input, and
+    :class:`~audiobench.engine.StopRequested` when SIGINT/SIGTERM stopped the run (every finished
+    batch is stored; call again with ``run_id=...`` and ``resume=True``). Under torchrun every rank
+    calls it; rank 0 returns the Results, the other ranks None.
+    """
+    config = build_run_config(model, perturbations, data=data, limit=limit, seed=seed, device=device, out=out,
+                              **run_options)
+    return run_config(config, progress=progress, log=log)
+
+
+def run_config(config, *, progress: bool = False, log: Optional[Callable[[str], None]] = None,
+               keep_process_group: bool = False) -> Optional[Results]:
+    """Run an already built :class:`~audiobench.engine.RunConfig` (what the CLI and sweeps call
+    after parsing their options). Returns Results on rank 0, None on the other ranks.
+    ``keep_process_group``: under torchrun, leave the process group up for further runs (a sweep
+    closes it once at the end)."""
+    from audiobench.engine import Runner
+
+    runner = Runner(config, progress=progress, log=log)
+    try:
+        run_dir = runner.run()
+    except BaseException as exc:
+        # the CLI needs these to print the resume command (or stay quiet on ranks > 0)
+        exc.run_id = runner.run_id  # type: ignore[attr-defined]
+        exc.is_main = runner.dist.is_main  # type: ignore[attr-defined]
+        raise
+    finally:
+        if not keep_process_group:
+            runner.dist.close()
+    return Results(Path(run_dir)) if runner.dist.is_main else None

@@ -1,0 +1,123 @@
+"""Turn a run folder's stored units into its tables and trust verdicts.
+
+Always recomputed from the units, so a resumed run gives exactly the tables of an uninterrupted
+one. The rows themselves come from :func:`audiobench.results.tables.model_tables`, the code
+``verify-run`` recomputes them with; the verdicts from :func:`audiobench.trust.assess`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from audiobench import trust
+from audiobench.engine.plan import ModelPlan
+from audiobench.engine.units import load_units, unit_dir
+from audiobench.errors import ResultsError
+from audiobench.metrics.condition import finite_rows, sigmoid
+from audiobench.results.schema import write_tables
+from audiobench.results.tables import model_tables
+
+
+def _map(logits: np.ndarray, targets: np.ndarray, keep: np.ndarray) -> float:
+    from audiobench.metrics import tagging
+
+    keep = keep & finite_rows(logits)
+    return float(tagging.tagging_metrics(sigmoid(logits[keep]), targets[keep])["mAP"])
+
+
+def trust_evidence(plan: ModelPlan, units: Dict[int, Dict[str, np.ndarray]], companions: Dict[tuple, Dict[str, np.ndarray]],
+                   targets: np.ndarray, use_clean: np.ndarray, clean: np.ndarray) -> List[trust.AttackEvidence]:
+    """The measurements :func:`audiobench.trust.assess` judges, for each attack of one model."""
+    out = []
+    for ci, cond in enumerate(plan.conditions):
+        if not cond.is_attack:
+            continue
+        u = units[ci]
+        ev = trust.AttackEvidence(
+            condition_id=cond.condition_id, group=tuple(cond.trust_group), eps=float(cond.eps),
+            map_attack=_map(u["logits"].astype(np.float64), targets, use_clean),
+            loss_sum_per_step=u.get("trace_loss_sum", ()), n_per_step=u.get("trace_n_per_step", ()),
+            n_clips=int(u.get("trace_n", 0)), bad_grad_clips=int(u.get("trace_bad_grad", 0)),
+        )
+        for job in plan.companions_of(ci):
+            cu = companions[(ci, job.companion.role)]
+            lg = cu["logits"].astype(np.float64)
+            if job.companion.role == "fgsm":
+                ev.map_fgsm = _map(lg, targets, use_clean)
+            elif job.companion.role == "gauss-same-l2":
+                ev.map_gauss = _map(lg, targets, use_clean)
+            elif job.companion.role == "tenfold":
+                k = job.n_clips
+                sub = targets[:k]
+                every = np.ones(k, dtype=bool)
+                ev.tenfold = trust.TenfoldEvidence(
+                    eps=float(job.companion.condition.eps), map_strong=_map(lg, sub, every),
+                    map_clean=_map(clean[:k], sub, every), chance=trust.chance_map(sub),
+                )
+        out.append(ev)
+    return out
+
+
+def aggregate_run(run_dir: Path, meta: Dict[str, Any], dataset, n_clips: int, plans: Dict[str, ModelPlan],
+                  models: Optional[Dict[str, Any]] = None) -> None:
+    """Write every table of ``run_dir`` from its units (and set ``meta['trust']``)."""
+    run_dir = Path(run_dir)
+    models = models or {}
+    run_id = meta["run_id"]
+    n_boot = int(meta["config"].get("bootstrap", 1000))
+    seed = int(meta.get("seed", 0))
+    targets = np.asarray(dataset.targets()[:n_clips], dtype=bool)
+    clip_ids = np.asarray(list(dataset.clip_ids[:n_clips]), dtype=str)
+    names = meta.get("vocab", {}).get("names") or [f"class {i}" for i in range(targets.shape[1])]
+    conditions = meta["conditions"]
+    metric_rows: List[dict] = []
+    clip_frames: list = []
+    class_frames: list = []
+    arrays: Dict[str, np.ndarray] = {"clip_ids": clip_ids, "targets": targets}
+    meta["trust"] = {}
+    for model_name in meta["config"]["models"]:
+        plan = plans[model_name]
+        units = {ci: load_units(unit_dir(run_dir, model_name, ci), n_clips) for ci in range(len(conditions))}
+        for ci, u in units.items():
+            if not np.array_equal(u["clip_ids"], clip_ids):
+                raise ResultsError(f"{run_dir}: units of {model_name}/{conditions[ci]['id']} hold other clips than the dataset order")
+        companions = {(job.parent, job.companion.role): load_units(job.unit_dir(run_dir, model_name), job.n_clips)
+                      for job in plan.companion_jobs}
+        clean = units[0]["logits"].astype(np.float64)
+        bad_input = units[0]["bad_input"].astype(bool)
+        use_clean = ~bad_input & finite_rows(clean)
+        evidence = trust_evidence(plan, units, companions, targets, use_clean, clean)
+        verdicts = trust.assess(evidence)
+        meta["trust"][model_name] = verdicts
+        by_id = {c["id"]: units[ci] for ci, c in enumerate(conditions)}
+        extras = {cid: {"snr_db": u["snr_db"], "linf": u["linf"], "l2": u["l2"], "min_eps": u.get("pc_min_eps")}
+                  for cid, u in by_id.items()}
+        model = models.get(model_name)
+        embs = {cid: u["embedding"] for cid, u in by_id.items() if "embedding" in u}
+        m_rows, c_frames, k_frames, arr = model_tables(
+            run_id, model_name, conditions, {cid: u["logits"] for cid, u in by_id.items()}, targets, clip_ids, bad_input,
+            extras, {cid: v["suspect"] for cid, v in verdicts.items()}, n_boot=n_boot, seed=seed, names=names,
+            embeddings_by_cond=embs if model is not None else None, head_fn=_head_fn(model) if model is not None else None,
+        )
+        metric_rows += m_rows
+        clip_frames += c_frames
+        class_frames += k_frames
+        arrays.update(arr)
+    write_tables(run_dir, metric_rows, clip_frames, class_frames, arrays)
+
+
+def _head_fn(model):
+    import torch
+
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+
+    @torch.no_grad()
+    def head(z):
+        z = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=device)
+        return model.head(z).float().cpu().numpy()
+
+    return head

@@ -1,0 +1,168 @@
+"""One batch through one condition: the per-batch step, usable without click or a run folder.
+
+    clean batch ─► screen bad clips ─► perturbation(clean, model, targets, rng, trace)
+                ─► model logits (and embedding) ─► a unit: dict of numpy arrays
+
+:func:`evaluate_batch` is the whole step; :func:`evaluate_batch_splitting` retries a batch that
+ran out of CUDA memory as two halves (same results: every random draw is per clip).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from audiobench.data.batch import Batch
+from audiobench.device import autocast
+from audiobench.errors import AudiobenchError, DataError
+from audiobench.perturb.base import AttackTrace, Companion, Perturbation, realised_snr_db
+from audiobench.rng import ClipRNG
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What the step needs from the run's config."""
+
+    seed: int = 0
+    precision: str = "fp32"
+    on_bad_clip: str = "fail"  # "fail" | "skip"
+    record_attack_l2: bool = False  # store the L2 norm of a chained attack's own change (trust)
+    keep_perturbed: bool = False  # return the perturbed waveform under "_pert" (--save-audio)
+
+
+def perturbation_geometry(clean: torch.Tensor, pert: torch.Tensor) -> Dict[str, np.ndarray]:
+    """Per-clip size of the change: realised SNR (dB), L-inf and L2 norms (waveform units)."""
+    delta = pert.float() - clean.float()
+    return {
+        "snr_db": realised_snr_db(clean, pert).cpu().numpy().astype(np.float64),
+        "linf": delta.abs().amax(dim=1).cpu().numpy().astype(np.float64),
+        "l2": delta.pow(2).sum(dim=1).sqrt().cpu().numpy().astype(np.float64),
+    }
+
+
+def trace_arrays(trace: AttackTrace) -> Dict[str, np.ndarray]:
+    """The attack trace as unit arrays (per-step sums, counts; ``pc_<name>`` per-clip values)."""
+    out = {
+        "trace_loss_sum": np.asarray(trace.loss_sum_per_step, dtype=np.float64),
+        "trace_n_per_step": np.asarray(trace.n_per_step, dtype=np.int64),
+        "trace_n": np.asarray(trace.n_clips, dtype=np.int64),
+        "trace_bad_grad": np.asarray(trace.bad_grad_clips, dtype=np.int64),
+    }
+    best = getattr(trace, "best_loss_sum_per_step", None)
+    if best is not None:
+        out["trace_best_loss_sum"] = np.asarray(best, dtype=np.float64)
+    for k, v in getattr(trace, "per_clip", {}).items():
+        out[f"pc_{k}"] = np.asarray(v, dtype=np.float64)
+    return out
+
+
+def _forward(model, features, want_embedding: bool):
+    if want_embedding:
+        emb = model.embed_features(features)
+        return model.head(emb), emb
+    return model.forward_features(features), None
+
+
+def screen_bad_clips(batch: Batch, clean: torch.Tensor, settings: StepSettings, *, warn: bool):
+    """(clean with bad clips zeroed, bad mask): clips with NaN/inf or samples outside [-1, 1]
+    stop the run (``on_bad_clip="fail"``) or are left out (``"skip"``)."""
+    bad = ~torch.isfinite(clean).all(dim=1) | (clean.abs() > 1.0).any(dim=1)
+    if bool(bad.any()):
+        first = batch.clip_ids[int(torch.nonzero(bad)[0, 0])]
+        if settings.on_bad_clip == "fail":
+            raise DataError(
+                f"clip {first!r}: waveform has NaN/inf or samples outside [-1, 1] "
+                f"({int(bad.sum())} such clip(s) in this batch); use --on-bad-clip skip to leave them out"
+            )
+        clean = torch.where(bad[:, None], torch.zeros_like(clean), clean)
+        if warn:  # once per batch, on the clean pass
+            warnings.warn(f"--on-bad-clip skip: leaving out {int(bad.sum())} clip(s) with NaN/inf or out-of-range "
+                          f"samples (first: {first!r}); counted as bad_input_clips")
+    return clean, bad
+
+
+def evaluate_batch(model, cond: Perturbation, batch: Batch, settings: StepSettings, *, device: torch.device,
+                   companion: Optional[Companion] = None, parent_l2: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+    """Perturb one batch with ``cond`` (or run ``companion``, the trust reference of ``cond``),
+    score it with ``model`` and return the unit's arrays."""
+    clean = batch.waveform.to(device, non_blocking=True)
+    targets = batch.targets.to(device, non_blocking=True)
+    is_clean_pass = companion is None and cond.name == "none"
+    clean, bad = screen_bad_clips(batch, clean, settings, warn=is_clean_pass)
+    trace = AttackTrace()
+    want_emb = bool(model.spec.has_embedding) and companion is None
+    applied = companion.condition if companion is not None else cond
+    start = clean
+    extra: Dict[str, np.ndarray] = {}
+    with autocast(device, settings.precision):
+        if companion is not None and companion.base is not None:
+            # a chained attack's references start from the chain's base output, drawn from the
+            # chain's own streams (the same draws the attack started from)
+            rng0 = ClipRNG.for_clips(settings.seed, batch.clip_ids, companion.base_rng_key, device)
+            start = companion.base(clean, model=model, targets=targets, rng=rng0)
+        key = companion.rng_key if companion is not None else cond.condition_key()
+        rng = ClipRNG.for_clips(settings.seed, batch.clip_ids, key, device)
+        if applied.domain == "feature":
+            with torch.no_grad():
+                feats = model.features(start)
+            feats_p = applied.perturb_features(feats, model=model, targets=targets, rng=rng, trace=trace)
+            pert = start
+            with torch.no_grad():
+                logits, emb = _forward(model, feats_p, want_emb)
+        else:
+            if companion is not None and companion.same_l2_as_parent:
+                l2 = torch.as_tensor(np.asarray(parent_l2), dtype=torch.float32)
+                pert = applied(start, model=model, targets=targets, rng=rng, trace=trace, target_l2=l2)
+            else:
+                pert = applied(start, model=model, targets=targets, rng=rng, trace=trace)
+            with torch.no_grad():
+                logits, emb = _forward(model, model.features(pert), want_emb)
+        if settings.record_attack_l2 and companion is None and getattr(cond, "base_perturbation", None) is not None:
+            # the L2 norm of the attack's own change (pert minus the chain's base output)
+            rng0 = ClipRNG.for_clips(settings.seed, batch.clip_ids, cond.condition_key(), device)
+            base_out = cond.base_perturbation(clean, model=model, targets=targets, rng=rng0)
+            extra["attack_l2"] = (pert.float() - base_out.float()).pow(2).sum(dim=1).sqrt().cpu().numpy().astype(np.float64)
+    unit: Dict[str, np.ndarray] = {
+        "clip_ids": np.asarray(batch.clip_ids, dtype=str),
+        "logits": logits.float().cpu().numpy(),
+        "bad_input": bad.cpu().numpy(),
+        **perturbation_geometry(clean, pert),
+        **extra,
+    }
+    if emb is not None:
+        unit["embedding"] = emb.float().cpu().numpy()
+    if settings.keep_perturbed and applied.domain != "feature" and companion is None:
+        unit["_pert"] = pert.detach().float().cpu().numpy()
+    unit.update(trace_arrays(trace))
+    return unit
+
+
+def evaluate_batch_splitting(model, cond: Perturbation, batch: Batch, settings: StepSettings, *, device: torch.device,
+                             companion: Optional[Companion] = None, parent_l2: Optional[np.ndarray] = None):
+    """:func:`evaluate_batch`; on CUDA out-of-memory, split the batch in halves and retry."""
+    from audiobench.engine.units import merge_units
+
+    try:
+        return evaluate_batch(model, cond, batch, settings, device=device, companion=companion, parent_l2=parent_l2)
+    except torch.cuda.OutOfMemoryError:
+        what = companion.condition.condition_id if companion is not None else cond.condition_id
+        if len(batch) == 1:
+            raise AudiobenchError(
+                f"CUDA out of memory on a single clip ({batch.clip_ids[0]}) of condition {what}; "
+                f"free GPU memory, use --precision bf16, or run with --device cpu"
+            ) from None
+        torch.cuda.empty_cache()
+        half = len(batch) // 2
+        warnings.warn(f"CUDA out of memory at batch size {len(batch)}; retrying as {half} + {len(batch) - half}")
+        parts = [
+            Batch(batch.clip_ids[:half], batch.waveform[:half], batch.targets[:half], batch.start),
+            Batch(batch.clip_ids[half:], batch.waveform[half:], batch.targets[half:], batch.start + half),
+        ]
+        l2_parts = [None, None] if parent_l2 is None else [parent_l2[:half], parent_l2[half:]]
+        units = [evaluate_batch_splitting(model, cond, p, settings, device=device, companion=companion, parent_l2=l)
+                 for p, l in zip(parts, l2_parts)]
+        return merge_units(units)

@@ -1,0 +1,103 @@
+"""One model's rows of the three tables, from arrays: the code shared by the aggregator (which
+reads the engine's units) and ``verify-run`` (which reads scores.npz and per_clip.csv), so a
+recomputation goes through exactly the code that wrote the tables."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from audiobench.metrics.condition import (
+    PER_CLIP_SHIFT,
+    condition_metrics,
+    finite_rows,
+    min_eps_summary,
+    sigmoid,
+)
+from audiobench.results.schema import hist_key, logits_key
+
+
+def model_tables(run_id: str, model_name: str, conditions: List[Dict[str, Any]], logits_by_cond: Dict[str, np.ndarray],
+                 targets: np.ndarray, clip_ids: np.ndarray, bad_input: np.ndarray, extras_by_cond: Dict[str, Dict[str, np.ndarray]],
+                 suspect_by_cond: Dict[str, bool], *, n_boot: int, seed: int, names: List[str],
+                 embeddings_by_cond: Optional[Dict[str, np.ndarray]] = None, head_fn=None):
+    """Every table row of one model, from its logits per condition and the per-clip geometry.
+
+    Shared by the aggregator (from units) and ``verify-run`` (from scores.npz + per_clip.csv).
+    """
+    import pandas as pd
+
+    from audiobench.metrics import shift
+
+    n_clips = len(clip_ids)
+    clean_id = conditions[0]["id"]
+    clean = logits_by_cond[clean_id].astype(np.float64)
+    valid = ~np.asarray(bad_input, dtype=bool)
+    metric_rows: List[dict] = []
+    clip_frames: List[pd.DataFrame] = []
+    class_frames: List[pd.DataFrame] = []
+    arrays: Dict[str, np.ndarray] = {}
+    results = {c["id"]: condition_metrics(clean, logits_by_cond[c["id"]].astype(np.float64), targets, n_boot=n_boot,
+                                          seed=seed, valid=valid) for c in conditions}
+    clean_ap = results[clean_id]["ap"]
+    for c in conditions:
+        cid = c["id"]
+        res, ex, lg = results[cid], extras_by_cond[cid], logits_by_cond[cid]
+        suspect = bool(suspect_by_cond.get(cid, False))
+        key = dict(run_id=run_id, model=model_name, condition=cid, perturbation=c["perturbation"],
+                   param=c["param"] or "", level=_level(c))
+        extra = {"snr_db_mean": _finite_mean(np.asarray(ex["snr_db"])[res["use"]]),
+                 "bad_input_clips": float((~valid).sum())}
+        min_eps = ex.get("min_eps")
+        has_min_eps = min_eps is not None and np.isfinite(np.asarray(min_eps, dtype=np.float64)).any()
+        if has_min_eps:
+            extra.update(min_eps_summary(np.asarray(min_eps, dtype=np.float64)[res["use"]]))
+        for name, d in list(res["rows"].items()) + [(k, {"value": v}) for k, v in extra.items()]:
+            metric_rows.append({**key, "metric": name, "value": d["value"], "ci_low": d.get("ci_low", math.nan),
+                                "ci_high": d.get("ci_high", math.nan), "n_clips": res["n_clips"],
+                                "n_classes": res["n_classes"], "suspect": suspect})
+        pc = pd.DataFrame({**{k: [v] * n_clips for k, v in key.items()}, "clip_id": clip_ids})
+        pc["snr_db"], pc["linf"], pc["l2"] = ex["snr_db"], ex["linf"], ex["l2"]
+        from audiobench.metrics.tagging import tagging_per_clip
+
+        hits = tagging_per_clip(sigmoid(lg), targets)  # NaN for clips without labels
+        pc["top1_hit"], pc["top5_hit"] = hits["top1_hit"], hits["top5_hit"]
+        for k in PER_CLIP_SHIFT:
+            pc[k] = res["per_clip"][k]
+        pc["nonfinite"] = ~finite_rows(lg)
+        pc["bad_input"] = ~valid
+        pc["min_eps"] = np.asarray(min_eps, dtype=np.float64) if has_min_eps else np.nan
+        clip_frames.append(pc)
+        cls = [("AP", res["ap"]), ("AUC", res["auc"]), ("delta_AP", res["ap"] - clean_ap)]
+        emb = (embeddings_by_cond or {}).get(cid)
+        if emb is not None and head_fn is not None:
+            from audiobench.metrics import latent
+
+            use = res["use"]
+            cls.append(("convexity", latent.convexity_per_class(emb[use], targets[use], head_fn, seed=seed)))
+            cls.append(("density", latent.density_per_class(emb[use], targets[use])))
+        for metric, values in cls:
+            class_frames.append(pd.DataFrame({**{k: [v] * len(values) for k, v in key.items()},
+                                              "class_index": np.arange(len(values)),
+                                              "class_name": names[: len(values)], "metric": metric, "value": values}))
+        arrays[logits_key(model_name, cid)] = lg.astype(np.float32)
+        arrays[hist_key(model_name, cid)] = np.stack([
+            shift.score_histogram(clean[res["use"]], bins=20), shift.score_histogram(lg[res["use"]], bins=20)
+        ]).astype(np.int64)
+    return metric_rows, clip_frames, class_frames, arrays
+
+
+def _level(c: Dict[str, Any]) -> float:
+    lv = c.get("level")
+    try:
+        return float(lv)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _finite_mean(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if len(x) else math.nan
