@@ -17,9 +17,11 @@ to apply it, chosen from the rates alone:
 * ``"polyphase"``: the same filter, evaluated from the same formula, but each output phase keeps
   only the taps inside the filter's support (``2·6·orig/min(orig, new)/0.99 + 2`` of them instead of
   ``orig/g + 2·width``), and the filter is applied in chunks of output samples. Memory is
-  ``new/g × taps`` values for the table (at most about 10 M, 40 MB, over the whole accepted rate
-  range) plus a bounded chunk; time is proportional to output samples × taps. The rates are used
-  exactly: no approximation of the ratio. Outputs agree with torchaudio's to float32 rounding
+  ``new/g × taps`` values for the table (:func:`polyphase_table_size`: new/g × taps is below
+  ``15.2 × MAX_SAMPLE_RATE``, about 12 M values or 47 MB, over the whole accepted rate range),
+  built in 8 MB pieces, plus a bounded chunk of :data:`CHUNK_ELEMENTS` gathered samples; time
+  is proportional to output samples × taps. The rates are used exactly: no approximation of the
+  ratio. Outputs agree with torchaudio's to float32 rounding
   (tests/test_resample.py).
 
 Why not approximate the ratio or use an FFT resampler: an approximated ratio changes the pitch and
@@ -94,6 +96,13 @@ def torchaudio_kernel_size(orig_hz: int, new_hz: int) -> int:
     o, n = _reduced(int(orig_hz), int(new_hz))
     width = math.ceil(LOWPASS_FILTER_WIDTH * o / (min(o, n) * ROLLOFF))
     return n * (o + 2 * width)
+
+
+def polyphase_table_size(orig_hz: int, new_hz: int) -> int:
+    """Number of float32 values in the polyphase path's table for these rates (phases × taps)."""
+    o, n = _reduced(int(orig_hz), int(new_hz))
+    half = LOWPASS_FILTER_WIDTH * o / (min(o, n) * ROLLOFF)
+    return n * (math.ceil(2 * half) + 2)
 
 
 def _output_length(n: int, o: int, length: int) -> int:
