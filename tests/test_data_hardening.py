@@ -16,7 +16,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from audiobench.cli import cli
-from audiobench.data import DataError, open_dataset, write_shard
+from audiobench.data import DataError, open_dataset
 from audiobench.data.pack import pack
 from audiobench.data.shards import clip_list_hash, inspect_shard, labels_hash, sha256_file
 from audiobench.data.verify import NOT_FOUND, verify, verify_recorded_data
@@ -111,12 +111,17 @@ def test_describe_records_absolute_and_relative_paths(tmp_path, monkeypatch):
     json.dumps(d)
 
 
-def test_a_pinned_shard_that_changed_is_refused_when_described(tmp_path):
+def test_pinned_shards_are_not_rehashed_at_open_and_the_record_says_so(tmp_path):
     mpath, shard = _tiny_manifest(tmp_path)
     with h5py.File(shard.path, "a") as f:
         f["waveform"][0, :1000] = 7  # 1000 samples changed after packing
-    with open_dataset(mpath) as ds, pytest.raises(DataError, match="sha256 .* does not match manifest"):
-        ds.describe()  # run.json never records the manifest's hash for bytes that are not it
+    with open_dataset(mpath) as ds:
+        (sh,) = ds.describe()["shards"]
+    assert sh["sha256_from_file"] is False and sh["sha256"] != sha256_file(shard.path)
+    with pytest.raises(DataError, match="sha256 .* does not match manifest"):
+        verify(mpath)  # `data verify` (and verify-run, below) hash the bytes
+    with open_dataset(shard.path) as ds:
+        assert ds.describe()["shards"][0]["sha256_from_file"] is True
 
 
 # -- the data re-hash behind verify-run -------------------------------------------------------------------
@@ -291,3 +296,17 @@ def test_data_layer_has_no_import_cycle():
         return seen
 
     assert [m for m in graph if m in reach(m)] == []
+
+
+@pytest.mark.parametrize("value,needle", [(0, "0 Hz is outside"), ("abc", "'abc'"), (np.array([16000, 16000]), "array"),
+                                          (float("nan"), "nan"), (np.int64(2**62), str(2**62)), (16000.7, "16000.7"),
+                                          (1_000_000_007, "1000000007 Hz is outside")])
+def test_bad_shard_rate_is_one_line_in_run_info_and_verify(tmp_path, value, needle):
+    write_tiny_shard(tmp_path / "r.h5", sample_rate=value)
+    for argv in (["run", "--model", "toy-cnn", "--data", str(tmp_path / "r.h5"), "--out", str(tmp_path / "res"),
+                  "--limit", "2", "--no-trust-checks", "--quiet"],
+                 ["data", "info", str(tmp_path / "r.h5")], ["data", "verify", str(tmp_path / "r.h5")]):
+        res = CliRunner().invoke(cli, argv)
+        lines = res.stderr.strip().splitlines()
+        assert res.exit_code == 1 and len(lines) == 1 and "Traceback" not in res.output, (argv[:2], res.output)
+        assert "r.h5" in lines[0] and needle in lines[0] and "sample rate" in lines[0]

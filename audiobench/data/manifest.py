@@ -334,6 +334,14 @@ def load_manifest(path: Union[str, Path]) -> Manifest:
     return Manifest.from_dict(read_json_file(path, "manifest"), path=path)
 
 
+def manifest_from_json(doc, path: Path) -> Manifest:
+    """A manifest from JSON already read (by a reader that allowed a datafile's larger size)."""
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise DataError(f"manifest {path} is {size} bytes (limit {MAX_MANIFEST_BYTES})")
+    return Manifest.from_dict(doc, path=path)
+
+
 # -- manifests by name --------------------------------------------------------------------------
 class ManifestIndex:
     """Name → manifest path over :func:`audiobench.paths.manifest_dirs` (first folder wins).

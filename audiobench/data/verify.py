@@ -19,7 +19,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from audiobench.data.dataset import Dataset, ShardDataset, VocabLike, open_dataset, open_manifest, require_shards
-from audiobench.data.manifest import Manifest, ManifestIndex, check_relative, load_manifest, read_json_file
+from audiobench.data.limits import MAX_DATAFILE_BYTES
+from audiobench.data.manifest import Manifest, ManifestIndex, check_relative, load_manifest, manifest_from_json, read_json_file
 from audiobench.data.shards import clip_list_hash, inspect_shard, sha256_file
 from audiobench.errors import DataError
 
@@ -37,10 +38,10 @@ def _as_manifest(target: PathLike) -> Optional[Manifest]:
     if p.exists():
         if p.suffix.lower() != ".json":
             return None
-        doc = read_json_file(p, "JSON file")
+        doc = read_json_file(p, "JSON file", MAX_DATAFILE_BYTES)
         if isinstance(doc, dict) and "data" in doc and "shards" not in doc:
             return None
-        return Manifest.from_dict(doc, path=p)
+        return manifest_from_json(doc, p)
     if "/" in str(target) or p.suffix:
         raise DataError(f"{target}: file does not exist")
     return load_manifest(ManifestIndex().get(str(target)))
@@ -70,6 +71,7 @@ def verify(
                 checked_sha.append(str(path))
         ds: Dataset = open_manifest(manifest, data_root, vocab)
         ds._sha.update(hashes)
+        ds._hashed.update(hashes)
     else:
         ds = open_dataset(target, data_root, vocab=vocab)
     try:
