@@ -310,3 +310,20 @@ def test_bad_shard_rate_is_one_line_in_run_info_and_verify(tmp_path, value, need
         lines = res.stderr.strip().splitlines()
         assert res.exit_code == 1 and len(lines) == 1 and "Traceback" not in res.output, (argv[:2], res.output)
         assert "r.h5" in lines[0] and needle in lines[0] and "sample rate" in lines[0]
+
+
+def test_vocabulary_errors_never_echo_the_file_they_were_pointed_at(tmp_path):
+    secret = "TOPSECRET-first-line"
+    (tmp_path / "vm").mkdir()
+    write_tiny_shard(tmp_path / "vm" / "s.h5")
+    (tmp_path / "vm" / "notes.csv").write_text(secret + "\nsecond line\n")
+    (tmp_path / "private.csv").write_text(secret + "\n")
+    doc = {"format": "audiobench-manifest", "version": 1, "name": "vm", "sample_rate": 16000, "clip_seconds": 0.25,
+           "n_clips": 12, "clip_list_hash": "0" * 64, "vocab_hash": "0" * 64,
+           "shards": [{"path": "s.h5", "n_clips": 12, "sha256": None}]}
+    for path in ("notes.csv", "../private.csv", str(tmp_path / "private.csv")):
+        (tmp_path / "vm" / "m.json").write_text(json.dumps({**doc, "vocabulary": {"path": path}}))
+        res = CliRunner().invoke(cli, ["data", "info", str(tmp_path / "vm" / "m.json")])
+        assert res.exit_code == 1 and secret not in res.output, res.output
+    res = CliRunner().invoke(cli, ["data", "info", str(tmp_path / "vm" / "s.h5"), "--vocab", str(tmp_path / "private.csv")])
+    assert res.exit_code == 1 and secret not in res.output and "header" in res.stderr
