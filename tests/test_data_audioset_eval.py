@@ -62,8 +62,10 @@ def test_a_scaled_down_eval_set_packs_opens_runs_and_reverifies(shared_dir, tmp_
     """The same path at toy scale: a 3-segment list, 1 s clips at 16 kHz. The manifest built by
     the script accepts the shard `data pack` writes from the segment list, refuses other labels,
     and a run on it records the shard's sha256, which verify_recorded_data re-checks."""
+    monkeypatch.setenv("AUDIOBENCH_HOME", str(tmp_path / "home"))  # `data pack --vocab` caches AudioSet's CSV there
     vocab = shared_dir / "audioset" / "class_labels_indices.csv"
-    rows = [l for l in (shared_dir / "audioset" / "eval_segments.csv").read_text().splitlines() if not l.startswith("#")][:3]
+    rows = [line for line in (shared_dir / "audioset" / "eval_segments.csv").read_text().splitlines()
+            if not line.startswith("#")][:3]
     segs = tmp_path / "eval_segments.csv"
     segs.write_text("# header\n# header\n# YTID, start_seconds, end_seconds, positive_labels\n" + "\n".join(rows) + "\n")
     m = _script().build_manifest(segs, vocab, name="mini-eval", sample_rate=16000, clip_seconds=1.0)

@@ -259,7 +259,8 @@ def test_mp3_decoder_warning_is_attributed_to_the_file(shared_dir, capfd):
 
 
 # -- issue 15 (16) and issue 13 -----------------------------------------------------------------------------
-def test_data_info_prints_a_readable_vocabulary(tiny_shard):
+def test_data_info_prints_a_readable_vocabulary(tiny_shard, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUDIOBENCH_HOME", str(tmp_path / "home"))  # no cached AudioSet vocabulary
     res = CliRunner().invoke(cli, ["data", "info", str(tiny_shard.path)])
     assert res.exit_code == 0, res.output
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith("vocabulary"))
