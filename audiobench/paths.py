@@ -9,17 +9,40 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from audiobench.errors import ConfigError
+
 
 def audiobench_home() -> Path:
+    """The cache folder. It need not exist yet, but it (or, when it does not exist, its nearest
+    existing parent) must be a folder: ``AUDIOBENCH_HOME`` naming a regular file is one clear
+    :class:`~audiobench.errors.ConfigError`, not a failure deep inside whatever writes there."""
     env = os.environ.get("AUDIOBENCH_HOME")
     if env:
-        return Path(env).expanduser()
-    try:
-        from platformdirs import user_cache_dir
+        home = Path(env).expanduser()
+        where = f"AUDIOBENCH_HOME {env}"
+    else:
+        try:
+            from platformdirs import user_cache_dir
 
-        return Path(user_cache_dir("audiobench"))
-    except ImportError:  # pragma: no cover - platformdirs is a dependency
-        return Path.home() / ".cache" / "audiobench"
+            home = Path(user_cache_dir("audiobench"))
+        except ImportError:  # pragma: no cover - platformdirs is a dependency
+            home = Path.home() / ".cache" / "audiobench"
+        where = f"the cache folder {home}"
+    _check_folder(home, where)
+    return home
+
+
+def _check_folder(path: Path, where: str) -> None:
+    probe = path
+    while True:
+        if probe.exists():
+            if not probe.is_dir():
+                what = "is not a folder" if probe == path else f"lies under {probe}, which is not a folder"
+                raise ConfigError(f"{where} {what}; point AUDIOBENCH_HOME at a folder")
+            return
+        if probe.parent == probe:
+            return
+        probe = probe.parent
 
 
 def weights_dirs() -> list[Path]:

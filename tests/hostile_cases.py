@@ -564,3 +564,8 @@ ACCEPTED: List[tuple] = [
 def case_ids() -> List[str]:
     return [c.id for c in CASES]
 
+
+
+from hostile_cases_data import CASES as _DATA_CASES  # noqa: E402
+
+CASES += _DATA_CASES

@@ -167,7 +167,7 @@ def test_producer_error_reaches_consumer(tiny_shard, monkeypatch):
 
 
 def test_float32_shard(tmp_path):
-    wav = np.linspace(-1, 1, 3 * 100, dtype=np.float32).reshape(3, 100)
+    wav = np.linspace(-1, 1, 3 * 1000, dtype=np.float32).reshape(3, 1000)
     with h5py.File(tmp_path / "f.h5", "w") as f:
         f.attrs["sample_rate"] = 8000
         f["audio_name"] = np.array([b"a", b"b", b"c"])
@@ -175,13 +175,13 @@ def test_float32_shard(tmp_path):
         f["target"] = np.zeros((3, 527), bool)
     with open_dataset(tmp_path / "f.h5") as ds:
         assert torch.equal(ds.read(0, 3).waveform, torch.from_numpy(wav))
-        assert ds.clip_seconds == pytest.approx(100 / 8000)
+        assert ds.clip_seconds == pytest.approx(1000 / 8000)
 
 
 def test_missing_sample_rate_warns_and_assumes_32k(tmp_path):
     with h5py.File(tmp_path / "p.h5", "w") as f:
         f["audio_name"] = np.array([b"Yx.wav"])
-        f["waveform"] = np.zeros((1, 320), np.int16)
+        f["waveform"] = np.zeros((1, 3200), np.int16)
         f["target"] = np.zeros((1, 527), bool)
     with pytest.warns(UserWarning, match="32000"):
         ds = open_dataset(tmp_path / "p.h5")

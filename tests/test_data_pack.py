@@ -155,8 +155,10 @@ def test_manifest_update_adds_shards_and_refuses_outside_root(audio_dir, tmp_pat
         assert len(ds) == 5 and ds.name == "ds"
         assert [s["path"] for s in ds.describe()["shards"]] == ["shards/a.h5", "shards/b.h5"]
         assert ds.targets()[4, 500]
-    # Re-packing a shard replaces its entry rather than adding one.
-    pack(audio_dir, audio_dir / "labels.csv", root / "shards" / "a.h5", **kw)
+    # Re-packing a shard is refused without overwrite, and with it replaces its entry rather than adding one.
+    with pytest.raises(DataError, match=r"a\.h5 exists; pass --overwrite"):
+        pack(audio_dir, audio_dir / "labels.csv", root / "shards" / "a.h5", **kw)
+    pack(audio_dir, audio_dir / "labels.csv", root / "shards" / "a.h5", overwrite=True, **kw)
     assert len(open_dataset(root / "ds.json")) == 5
     assert verify(root / "ds.json")["n_clips"] == 5
     # The same clip ids in a second shard would make per-clip results ambiguous.

@@ -73,7 +73,7 @@ def test_verify_catches_wrong_label_dimension(tmp_path):
 
 
 def test_verify_catches_nan_in_float_shard(tmp_path):
-    wav = np.zeros((3, 50), np.float32)
+    wav = np.zeros((3, 1600), np.float32)
     wav[2, 7] = np.nan
     with h5py.File(tmp_path / "f.h5", "w") as f:
         f.attrs["sample_rate"] = 16000

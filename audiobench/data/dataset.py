@@ -14,7 +14,6 @@ batch is pinned in that thread and copied with ``non_blocking=True``.
 from __future__ import annotations
 
 import abc
-import json
 import os
 import queue
 import sys
@@ -26,14 +25,17 @@ import numpy as np
 import torch
 
 from audiobench.data.batch import Batch
-from audiobench.data.manifest import Manifest, ManifestIndex, load_manifest
+from audiobench.data.limits import MAX_DATAFILE_BYTES, check_clip_id, check_clip_seconds, data_sample_rate, has_control_chars
+from audiobench.data.manifest import Manifest, ManifestIndex, load_manifest, manifest_from_json, read_json_file
 from audiobench.data.shards import (
     INT16_SCALE,
     ShardInfo,
     _open_h5,
     clip_list_hash,
     default_sample_rate,
+    first_duplicate,
     inspect_shard,
+    labels_hash,
     sha256_file,
 )
 from audiobench.data.vocab import Vocabulary, default_vocabulary
@@ -53,7 +55,11 @@ class Dataset(abc.ABC):
     vocab: Vocabulary
     manifest_path: Optional[Path] = None
     manifest_sha256: Optional[str] = None
+    data_root: Optional[Path] = None  # the folder shard / audio paths are relative to
+    kind: str = "shard"  # "manifest", "shard" (a bare .h5) or "datafile" (AST JSON)
+    generator: Optional[str] = None  # "toy" for the generated toy set
     _clip_list_hash: Optional[str] = None
+    _labels_hash: Optional[str] = None
 
     # -- identity --------------------------------------------------------------------------------
     @property
@@ -66,6 +72,13 @@ class Dataset(abc.ABC):
         if self._clip_list_hash is None:
             self._clip_list_hash = clip_list_hash(self.clip_ids)
         return self._clip_list_hash
+
+    @property
+    def labels_hash(self) -> str:
+        """sha256 of the target matrix (:func:`audiobench.data.shards.labels_hash`)."""
+        if self._labels_hash is None:
+            self._labels_hash = labels_hash(self.targets())
+        return self._labels_hash
 
     @property
     def vocab_hash(self) -> str:
@@ -89,15 +102,29 @@ class Dataset(abc.ABC):
 
     @abc.abstractmethod
     def shard_descriptions(self) -> List[Dict[str, Any]]:
-        """[{path, sha256, n_clips}] of the files the audio comes from."""
+        """[{path, abs_path, bytes, sha256, n_clips}] of the files the audio comes from; ``path``
+        is relative to :attr:`data_root` when the file lies inside it."""
 
     def describe(self) -> Dict[str, Any]:
-        """JSON-able provenance for run.json."""
+        """JSON-able provenance for run.json (``data`` block).
+
+        Paths are recorded twice: absolute (``manifest``, ``data_root``, each shard's
+        ``abs_path``) and relative to the data root (``manifest_rel``, each shard's ``path``), so
+        :func:`audiobench.data.verify.verify_recorded_data` finds the data again from another
+        folder or on another machine. ``manifest``/``manifest_rel`` are None for a bare shard.
+        """
+        manifest = _absolute(self.manifest_path) if self.manifest_path else None
+        root = _absolute(self.data_root) if self.data_root is not None else None
         return {
             "name": self.name,
-            "manifest": str(self.manifest_path) if self.manifest_path else None,
+            "kind": self.kind,
+            "generator": self.generator,
+            "manifest": manifest,
+            "manifest_rel": _relative_to(manifest, root) if manifest else None,
             "manifest_sha256": self.manifest_sha256,
+            "data_root": root,
             "clip_list_hash": self.clip_list_hash,
+            "labels_hash": self.labels_hash,
             "vocab_hash": self.vocab_hash,
             "vocab_size": self.vocab.size,
             "n_clips": len(self),
@@ -290,7 +317,12 @@ class BatchIterator:
 
 
 class ShardDataset(Dataset):
-    """Clips from one or more HDF5 shards in the PANNs layout, read as contiguous slices."""
+    """Clips from one or more HDF5 shards in the PANNs layout, read as contiguous slices.
+
+    Opening checks every shard's layout and storage (:func:`inspect_shard`), that the clip ids
+    are unique across shards, and against a manifest: clip counts, rate, clip length and the
+    clip-list hash; for shards whose sha256 the manifest does not pin, also the labels hash.
+    """
 
     def __init__(
         self,
@@ -299,11 +331,15 @@ class ShardDataset(Dataset):
         name: str,
         vocab: Vocabulary,
         manifest: Optional[Manifest] = None,
+        data_root: Optional[PathLike] = None,
     ):
         self.name = name
         self.vocab = vocab
         self.paths = [Path(p) for p in shard_paths]
         self.manifest = manifest
+        self.data_root = Path(data_root) if data_root is not None else None
+        self.kind = "manifest" if manifest is not None else "shard"
+        self.generator = manifest.generator["name"] if manifest is not None and manifest.generator else None
         self._files = []
         self.infos: List[ShardInfo] = []
         try:
@@ -311,22 +347,25 @@ class ShardDataset(Dataset):
                 f = _open_h5(p)
                 self._files.append(f)
                 self.infos.append(inspect_shard(p, handle=f))
+            self.clip_ids = [c for info in self.infos for c in info.clip_ids]
+            dup = first_duplicate(self.clip_ids)
+            if dup is not None:
+                where = f"dataset {name}" if len(self.paths) > 1 else f"shard {self.paths[0]}"
+                raise DataError(f"{where}: clip id {dup!r} occurs more than once; clip ids must be unique")
             self._check(manifest)
+            self._targets: Optional[np.ndarray] = None
+            if manifest is not None:
+                self._check_manifest_hashes(manifest)
         except BaseException:
             self.close()
             raise
-        self.clip_ids = [c for info in self.infos for c in info.clip_ids]
         self.offsets = np.cumsum([0] + [i.n_clips for i in self.infos])
         self._local = threading.local()
-        self._targets: Optional[np.ndarray] = None
         self._sha: Dict[int, str] = {}
+        self._hashed: set = set()
         if manifest is not None:
             self.manifest_path = manifest.path
             self.manifest_sha256 = sha256_file(manifest.path) if manifest.path else None
-            self._clip_list_hash = manifest.clip_list_hash
-            for k, s in enumerate(manifest.shards):
-                if s.sha256:
-                    self._sha[k] = s.sha256
 
     def _check(self, manifest: Optional[Manifest]) -> None:
         first = self.infos[0]
@@ -358,6 +397,21 @@ class ShardDataset(Dataset):
                 raise DataError(f"shards {', '.join(map(str, self.paths))} have different sample rates {sorted(map(str, rates))}")
             self.sample_rate = default_sample_rate(first)
         self.num_samples = first.num_samples
+        check_clip_seconds(self.num_samples / self.sample_rate, f"dataset {self.name} ({self.num_samples} samples at {self.sample_rate} Hz)")
+
+    def _check_manifest_hashes(self, manifest: Manifest) -> None:
+        where = f"manifest {manifest.path or manifest.name}"
+        got = clip_list_hash(self.clip_ids)
+        if got != manifest.clip_list_hash:
+            raise DataError(
+                f"{where}: clip_list_hash {manifest.clip_list_hash[:12]}… but the shards' clip ids hash to {got[:12]}… (other clips, or another order)"
+            )
+        self._clip_list_hash = got
+        if manifest.labels_hash and not manifest.pinned:
+            # unpinned shards (no sha256 in the manifest): the labels are what is checked at open
+            got = self.labels_hash
+            if got != manifest.labels_hash:
+                raise DataError(f"{where}: labels_hash {manifest.labels_hash[:12]}… but the shards' labels hash to {got[:12]}… (other labels)")
 
     # -- reading ---------------------------------------------------------------------------------
     def _pieces(self, start: int, stop: int):
@@ -420,15 +474,36 @@ class ShardDataset(Dataset):
         return self._targets.copy()
 
     def shard_sha256(self, k: int) -> str:
+        """Shard ``k``'s sha256: the manifest's pinned value when it has one (hashing every shard
+        of AudioSet on every run would cost minutes; ``data verify`` and ``verify-run`` re-hash
+        the bytes), else computed from the file once per open. The generated toy set is always
+        hashed (30 MB; another platform's float rounding may synthesise other bytes)."""
         if k not in self._sha:
-            self._sha[k] = sha256_file(self.paths[k])
+            pinned = self.manifest.shards[k].sha256 if self.manifest is not None else None
+            if pinned and self.generator is None:
+                self._sha[k] = pinned
+            else:
+                self._sha[k] = sha256_file(self.paths[k])
+                self._hashed.add(k)
         return self._sha[k]
 
     def shard_descriptions(self) -> List[Dict[str, Any]]:
         out = []
+        root = _absolute(self.data_root) if self.data_root is not None else None
         for k, info in enumerate(self.infos):
-            rel = self.manifest.shards[k].path if self.manifest is not None else str(info.path)
-            out.append({"path": rel, "sha256": self.shard_sha256(k), "n_clips": info.n_clips})
+            if self.manifest is not None:
+                rel = self.manifest.shards[k].path
+            else:
+                rel = _relative_to(_absolute(info.path), root) or str(info.path)
+            out.append({
+                "path": rel,
+                "abs_path": _absolute(info.path),
+                "bytes": info.file_bytes,
+                "sha256": self.shard_sha256(k),
+                # True: computed from the bytes when the dataset was opened; False: the manifest's pin
+                "sha256_from_file": k in self._hashed,
+                "n_clips": info.n_clips,
+            })
         return out
 
     def close(self) -> None:
@@ -457,10 +532,7 @@ class AudioFileDataset(Dataset):
         clip_seconds: float = 10.0,
     ):
         self.path = Path(path)
-        try:
-            doc = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"JSON datafile {self.path} cannot be read: {' '.join(str(exc).split())}") from None
+        doc = read_json_file(self.path, "JSON datafile", MAX_DATAFILE_BYTES)
         items = doc.get("data") if isinstance(doc, dict) else None
         if not isinstance(items, list) or not items:
             raise DataError(f"JSON datafile {self.path}: expected {{\"data\": [{{\"wav\": ..., \"labels\": ...}}, ...]}} with at least one entry")
@@ -468,16 +540,22 @@ class AudioFileDataset(Dataset):
             env = os.environ.get("AUDIOBENCH_DATA")
             data_root = Path(env).expanduser() if env else self.path.resolve().parent
         root = Path(data_root)
+        self.data_root = root
+        self.kind = "datafile"
         self.name = self.path.stem
         self.vocab = vocab
-        self.sample_rate = int(sample_rate)
-        self.num_samples = int(round(sample_rate * clip_seconds))
+        where = f"JSON datafile {self.path}"
+        self.sample_rate = data_sample_rate(sample_rate, where)
+        check_clip_seconds(clip_seconds, where)
+        self.num_samples = int(round(self.sample_rate * clip_seconds))
         self.files: List[Path] = []
         tgt = np.zeros((len(items), vocab.size), dtype=bool)
         for i, item in enumerate(items):
-            if not isinstance(item, dict) or "wav" not in item:
-                raise DataError(f"JSON datafile {self.path}: entry {i} has no 'wav'")
-            wav = Path(os.path.expanduser(str(item["wav"])))
+            if not isinstance(item, dict) or not isinstance(item.get("wav"), str) or not item["wav"]:
+                raise DataError(f"JSON datafile {self.path}: entry {i} has no 'wav' path")
+            if has_control_chars(item["wav"]):
+                raise DataError(f"JSON datafile {self.path}: entry {i} 'wav' contains control characters (NUL, newline, ...)")
+            wav = Path(os.path.expanduser(item["wav"]))
             full = wav if wav.is_absolute() else root / wav
             if not full.exists():
                 raise DataError(f"JSON datafile {self.path}: entry {i} audio file {full} does not exist")
@@ -492,6 +570,11 @@ class AudioFileDataset(Dataset):
         raw_ids = [str(item["wav"]) for item in items]
         names = [Path(r).name for r in raw_ids]
         self.clip_ids = names if len(set(names)) == len(names) else raw_ids
+        dup = first_duplicate(self.clip_ids)
+        if dup is not None:
+            raise DataError(f"JSON datafile {self.path}: {dup!r} is listed more than once; clip ids must be unique")
+        for c in self.clip_ids:
+            check_clip_id(c, f"JSON datafile {self.path}")
         self._targets = tgt
         self.manifest_path = self.path
         self.manifest_sha256 = sha256_file(self.path)
@@ -509,7 +592,25 @@ class AudioFileDataset(Dataset):
         return self._targets.copy()
 
     def shard_descriptions(self) -> List[Dict[str, Any]]:
-        return [{"path": str(self.path), "sha256": self.manifest_sha256, "n_clips": len(self)}]
+        # the datafile itself; the audio files it lists are decoded, not hashed
+        return [{"path": self.path.name, "abs_path": _absolute(self.path), "bytes": self.path.stat().st_size,
+                 "sha256": self.manifest_sha256, "sha256_from_file": True, "n_clips": len(self)}]
+
+
+def _absolute(p: PathLike) -> str:
+    return os.path.abspath(os.path.expanduser(str(p)))
+
+
+def _relative_to(path: Optional[str], root: Optional[str]) -> Optional[str]:
+    """``path`` relative to ``root`` as a POSIX path, or None when it is not inside ``root``."""
+    if path is None or root is None:
+        return None
+    try:
+        if os.path.commonpath([root, path]) != root:
+            return None
+    except ValueError:  # different drives
+        return None
+    return Path(os.path.relpath(path, root)).as_posix()
 
 
 def _out_tensor(out: Optional[torch.Tensor], n: int, samples: int) -> torch.Tensor:
@@ -549,15 +650,34 @@ def _manifest_vocab(manifest: Manifest, vocab: VocabLike) -> Vocabulary:
     return voc
 
 
-def open_manifest(manifest: Manifest, data_root: Optional[PathLike] = None, vocab: VocabLike = None) -> ShardDataset:
-    if manifest.generator is not None and data_root is None and manifest.generator.get("name") == "toy":
+def require_shards(manifest: Manifest, data_root: Optional[PathLike] = None) -> List[Path]:
+    """The manifest's shard paths under its data root, each checked to exist (the toy set is
+    generated into ``AUDIOBENCH_HOME/toy`` first when missing). A missing shard is one line saying
+    where to put it and, when the manifest says, how to make it."""
+    if manifest.generator is not None:
         from audiobench.data.toy import TOY_SHARD, ensure_toy, toy_dir
 
         if not (toy_dir() / TOY_SHARD).exists():
             ensure_toy()
+    root = manifest.data_root(data_root)
     paths = manifest.shard_paths(data_root)
+    for path in paths:
+        if not path.exists():
+            hint = f"; to make it: {manifest.obtain}" if manifest.obtain else ""
+            raise DataError(
+                f"dataset {manifest.name}: shard {path} does not exist; put the shards under the data root {root} "
+                f"({manifest.root_source(data_root)}){hint}"
+            )
+    return paths
+
+
+def open_manifest(manifest: Manifest, data_root: Optional[PathLike] = None, vocab: VocabLike = None) -> ShardDataset:
+    """The dataset a manifest describes, its shards under the data root (``data_root``, else env
+    ``AUDIOBENCH_DATA``, else the manifest's folder; always ``AUDIOBENCH_HOME/toy`` for the toy set,
+    which is generated there on first use)."""
+    paths = require_shards(manifest, data_root)
     voc = _manifest_vocab(manifest, vocab)
-    return ShardDataset(paths, name=manifest.name, vocab=voc, manifest=manifest)
+    return ShardDataset(paths, name=manifest.name, vocab=voc, manifest=manifest, data_root=manifest.data_root(data_root))
 
 
 def open_dataset(
@@ -583,6 +703,8 @@ def open_dataset(
 
         return open_manifest(load_manifest(ensure_toy()), data_root, vocab)
     text = str(data)
+    if has_control_chars(text):
+        raise DataError(f"data {text[:80]!r} contains control characters (NUL, newline, ...)")
     p = Path(text).expanduser()
     if not p.exists():
         looks_like_path = os.sep in text or "/" in text or p.suffix.lower() in (".json", ".h5", ".hdf5", ".hdf")
@@ -592,10 +714,7 @@ def open_dataset(
     if p.is_dir():
         raise DataError(f"data {text!r} is a directory; give a manifest .json, an .h5 shard or a JSON datafile")
     if p.suffix.lower() == ".json":
-        try:
-            doc = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"{p} is not valid JSON: {' '.join(str(exc).split())}") from None
+        doc = read_json_file(p, "JSON file", MAX_DATAFILE_BYTES)
         if isinstance(doc, dict) and "data" in doc and "shards" not in doc:
             return AudioFileDataset(
                 p,
@@ -604,5 +723,5 @@ def open_dataset(
                 sample_rate=int(sample_rate or 32000),
                 clip_seconds=float(clip_seconds or 10.0),
             )
-        return open_manifest(Manifest.from_dict(doc, path=p), data_root, vocab)
+        return open_manifest(manifest_from_json(doc, p), data_root, vocab)
     return ShardDataset([p], name=p.stem, vocab=_resolve_vocab(vocab))

@@ -4,7 +4,9 @@ Ten AudioSet classes that a few lines of numpy can synthesise (their indices, mi
 names are those of AudioSet's ``class_labels_indices.csv``), alone and in mixtures of two or
 three, with random frequencies, levels, onsets and durations drawn from a per-clip seeded stream.
 The real 527-class models apply to it (it is in their label space) and tiny ``toy-*`` models can
-learn it; it is the offline default dataset of every command.
+learn it; it is the offline default dataset of every command. The classes (:data:`TOY_CLASSES`)
+and their partial vocabulary (:func:`toy_vocabulary`) live in :mod:`audiobench.data.vocab`, which
+this module imports (never the other way round).
 
 The default set (96 clips of 10 s at 16 kHz, seed :data:`TOY_SEED`) is generated on first use
 into ``AUDIOBENCH_HOME/toy/toy.h5`` and described by ``data_manifests/toy.json`` (whose shard
@@ -20,7 +22,7 @@ from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
-from audiobench.data.vocab import AUDIOSET_SIZE, AUDIOSET_VOCAB_HASH, Vocabulary
+from audiobench.data.vocab import AUDIOSET_SIZE, TOY_CLASSES, toy_vocabulary
 
 TOY_NAME = "toy"
 TOY_SEED = 0
@@ -29,28 +31,10 @@ TOY_SAMPLE_RATE = 16000
 TOY_CLIP_SECONDS = 10.0
 TOY_SHARD = "toy.h5"
 
-# (index, mid, display_name), checked against AudioSet's class_labels_indices.csv.
-TOY_CLASSES: List[Tuple[int, str, str]] = [
-    (407, "/m/07qjznt", "Tick"),
-    (481, "/m/02fs_r", "Beep, bleep"),
-    (491, "/m/07qc9xj", "Clicking"),
-    (500, "/m/028v0c", "Silence"),
-    (501, "/m/01v_m0", "Sine wave"),
-    (503, "/m/0hdsk", "Chirp tone"),
-    (505, "/m/07pt_g0", "Pulse"),
-    (516, "/m/06xkwv", "Mains hum"),
-    (520, "/m/0chx_", "White noise"),
-    (521, "/m/0cj0r", "Pink noise"),
-]
 SILENCE = 500
 # Clip i: position i % 16 in a cycle of 10 single-class clips (TOY_CLASSES order) then 6
 # mixtures of 2-3 sounding (non-silence) classes.
 _CYCLE = 16
-
-
-def toy_vocabulary() -> Vocabulary:
-    """The partial AudioSet vocabulary (size 527) knowing the toy classes only."""
-    return Vocabulary(AUDIOSET_SIZE, TOY_CLASSES, full_hash=AUDIOSET_VOCAB_HASH, source="toy (partial AudioSet)")
 
 
 # -- sound sources: (rng, n_samples, sample_rate) -> float64 signal, roughly unit RMS ---------------

@@ -9,37 +9,24 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torchaudio
 from torch import nn
 
+from audiobench.resample import Resampler
 
-class WaveformResampler(nn.Module):
+
+class WaveformResampler(Resampler):
     """Resample (batch, samples) from ``orig_hz`` to ``new_hz``; identity when they are equal.
 
     The resampler sits inside each model wrapper (not in the data layer) so that every model sees
     the same perturbed audio at the dataset's rate and an attack's gradient flows through the
-    model's own resampling. torchaudio's defaults (sinc interpolation, Hann window, 6 zero
-    crossings, rolloff 0.99) are kept: the reference scores in ../shared/README.md use them.
+    model's own resampling. It is :class:`audiobench.resample.Resampler`, the one resampler of
+    audiobench (``data pack`` and ``predict`` decode audio through it too): torchaudio's windowed
+    sinc (Hann window, 6 zero crossings, roll-off 0.99; the reference scores in
+    ../shared/README.md use it), bit-identical to ``torchaudio.transforms.Resample`` for the common
+    rates, and a polyphase evaluation of the same filter with bounded memory when the reduced
+    ratio is large (44101 -> 32000 Hz). Its tables are non-persistent buffers, so checkpoints keep
+    their reference layout whatever the dataset's rate.
     """
-
-    def __init__(self, orig_hz: int, new_hz: int):
-        super().__init__()
-        self.orig_hz = int(orig_hz)
-        self.new_hz = int(new_hz)
-        self.resample = None if self.orig_hz == self.new_hz else torchaudio.transforms.Resample(self.orig_hz, self.new_hz)
-        if self.resample is not None:
-            # The sinc kernel is derived from the rates, not learnt: keep it out of state_dict so
-            # checkpoints stay in their reference layout whatever the dataset's rate.
-            kernel = self.resample._buffers.pop("kernel")
-            self.resample.register_buffer("kernel", kernel, persistent=False)
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        if self.resample is None:
-            return waveform
-        return self.resample(waveform)
-
-    def extra_repr(self) -> str:
-        return f"{self.orig_hz} Hz -> {self.new_hz} Hz"
 
 
 # ------------------------------------------------------------------------------------------------
