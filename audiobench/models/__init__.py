@@ -35,7 +35,7 @@ def load_model(name, checkpoint=None, device="cpu", **kwargs):
 # --- one import line per model module (each registers its models) ------------------------------
 import importlib as _importlib
 
-for _mod in ("toy", "efficientat", "panns", "ast", "atdr"):
+for _mod in ("toy", "efficientat", "panns", "ast", "atdr", "psla", "dymn"):
     try:
         _importlib.import_module(f"audiobench.models.{_mod}")
     except ModuleNotFoundError as _exc:  # module not written yet
