@@ -6,6 +6,8 @@ file to ``run --checkpoint``; the common contract of tests/test_hostile_inputs.p
 != 0, one stderr line naming the file, the tensor and the problem, nothing changed on disk).
 A float64 tensor is not here: it is cast to float32 with a warning and the run goes on
 (tests/test_checkpoint_tensors.py checks that, and ``ACCEPTED_ROWS`` below describes it).
+
+Import ``hostile_cases`` (which appends these cases to its table at its end), not this module first.
 """
 
 from __future__ import annotations

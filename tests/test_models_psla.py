@@ -164,8 +164,8 @@ def _ref_effnet(sd, x):
     x = swish(_bn(sd, "effnet._bn1", F.conv2d(x, sd["effnet._conv_head.weight"]), 1e-3))
     x = F.avg_pool2d(x, (4, 1)).transpose(2, 3)
     heads = [_att_head(sd[f"attention.att.{h}.weight"], sd[f"attention.att.{h}.bias"],
-                       sd[f"attention.cla.{h}.weight"], sd[f"attention.cla.{h}.bias"], x) * sd["attention.head_weight"][h]
-             for h in range(4)]
+                       sd[f"attention.cla.{h}.weight"], sd[f"attention.cla.{h}.bias"], x)
+             * sd["attention.head_weight"][h] for h in range(4)]
     return torch.stack(heads, dim=0).sum(dim=0)
 
 

@@ -24,6 +24,10 @@ What is reproduced (eval mode of upstream's ``AugmentMelSTFT`` + ``get_model(hea
   Module names match upstream exactly (``features.<i>.block.<j>...``, ``classifier.2/5``), so the
   released ``.pt`` files load with a strict ``load_state_dict``.
 
+Registered: ``efficientat-mn01`` ... ``-mn40`` (upstream ``mnXX_as``) and ``efficientat-mn40-as-ext``
+(upstream ``mn40_as_ext``: the mn40 network after extended training, asset ``mn40_as_ext_mAP_487.pt``).
+The dynamic MobileNets (DyMN) reuse this wrapper with another network: :mod:`audiobench.models.dymn`.
+
 Embedding (``spec.has_embedding``): the 'last_channel'-wide vector after ``classifier.2`` +
 Hardswish (512-d for mn04, 1280-d for mn10), i.e. the input of the classifier's final Linear
 ``classifier.5``; :meth:`EfficientATTagger.head` is that Linear.
