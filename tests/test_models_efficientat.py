@@ -13,6 +13,7 @@ functional forward over the raw state_dict following upstream's ``_mobilenet_v3_
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -114,8 +115,11 @@ def mn04(shared_dir):
 
 # ----------------------------------------------------------------------------- tests
 def test_specs_registered():
-    names = [n for n in MODELS.names() if n.startswith("efficientat-")]
+    names = [n for n in MODELS.names() if re.fullmatch(r"efficientat-mn\d\d", n)]
     assert names == [f"efficientat-mn{w}" for w in ("01", "02", "04", "05", "10", "20", "30", "40")]
+    # the other EfficientAT entries: DyMNs and mn40's extended-training checkpoint (tests/test_models_dymn.py)
+    assert set(MODELS.names()) - set(names) >= {"efficientat-dymn04", "efficientat-dymn10", "efficientat-dymn20",
+                                                "efficientat-mn40-as-ext"}
     for n in names:
         spec = MODELS.get(n).spec
         assert spec.family == "cnn" and spec.sample_rate == 32000 and spec.n_classes == 527

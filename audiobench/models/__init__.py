@@ -35,5 +35,5 @@ def load_model(name, checkpoint=None, device="cpu", **kwargs):
 # --- one import line per model module (each registers its models) ------------------------------
 import importlib as _importlib
 
-for _mod in ("toy", "efficientat", "panns", "ast", "atdr"):
+for _mod in ("toy", "efficientat", "panns", "ast", "atdr", "psla", "dymn"):
     _importlib.import_module(f"audiobench.models.{_mod}")

@@ -24,6 +24,10 @@ What is reproduced (eval mode of upstream's ``AugmentMelSTFT`` + ``get_model(hea
   Module names match upstream exactly (``features.<i>.block.<j>...``, ``classifier.2/5``), so the
   released ``.pt`` files load with a strict ``load_state_dict``.
 
+Registered: ``efficientat-mn01`` ... ``-mn40`` (upstream ``mnXX_as``) and ``efficientat-mn40-as-ext``
+(upstream ``mn40_as_ext``: the mn40 network after extended training, asset ``mn40_as_ext_mAP_487.pt``).
+The dynamic MobileNets (DyMN) reuse this wrapper with another network: :mod:`audiobench.models.dymn`.
+
 Embedding (``spec.has_embedding``): the 'last_channel'-wide vector after ``classifier.2`` +
 Hardswish (512-d for mn04, 1280-d for mn10), i.e. the input of the classifier's final Linear
 ``classifier.5``; :meth:`EfficientATTagger.head` is that Linear.
@@ -47,7 +51,7 @@ N_CLASSES = 527
 
 # MobileNetV3-Large bneck table (torchvision / upstream ``_mobilenet_v3_conf``) before width scaling:
 # (input_channels, kernel, expanded_channels, out_channels, use_se, activation, stride)
-_BNECK: Tuple[Tuple[int, int, int, int, bool, str, int], ...] = (
+BNECK_TABLE: Tuple[Tuple[int, int, int, int, bool, str, int], ...] = (
     (16, 3, 16, 16, False, "RE", 1),
     (16, 3, 64, 24, False, "RE", 2),
     (24, 3, 72, 24, False, "RE", 1),
@@ -145,7 +149,7 @@ class MobileNetV3AT(nn.Module):
     def __init__(self, width_mult: float, n_classes: int = N_CLASSES, dropout: float = 0.2):
         super().__init__()
         adj = lambda c: make_divisible(c * width_mult, 8)  # noqa: E731
-        cfg = [(adj(i), k, adj(e), adj(o), se, act == "HS", s) for i, k, e, o, se, act, s in _BNECK]
+        cfg = [(adj(i), k, adj(e), adj(o), se, act == "HS", s) for i, k, e, o, se, act, s in BNECK_TABLE]
         layers: List[nn.Module] = [ConvBNAct(1, cfg[0][0], 3, stride=2, activation=nn.Hardswish)]
         layers += [InvertedResidual(*c) for c in cfg]
         last_in = cfg[-1][3]
@@ -214,13 +218,15 @@ class EfficientATTagger(AudioTagger):
     inside ``forward``, batched and differentiable. ``self.net`` holds exactly upstream's modules.
     """
 
-    def __init__(self, spec: ModelSpec, sample_rate: Optional[int] = None):
+    def __init__(self, spec: ModelSpec, sample_rate: Optional[int] = None, net: Optional[nn.Module] = None):
         super().__init__(spec, sample_rate)
         fe = spec.frontend
         self.resampler = WaveformResampler(self.sample_rate, spec.sample_rate)
         self.frontend = EfficientATMel(spec.sample_rate, fe["n_fft"], fe["win_length"], fe["hop_length"],
                                        fe["n_mels"], fe["fmin_hz"], fe["fmax_hz"], fe["preemphasis"])
-        self.net = MobileNetV3AT(fe["width_mult"], spec.n_classes)
+        # ``net``: another EfficientAT network with the same interface (``embed``, ``classifier[5]``),
+        # e.g. a DyMN (audiobench.models.dymn); default: the MobileNetV3 of ``fe["width_mult"]``
+        self.net = net if net is not None else MobileNetV3AT(fe["width_mult"], spec.n_classes)
 
     def features(self, waveform: torch.Tensor) -> torch.Tensor:
         if waveform.dim() != 2:
@@ -248,7 +254,23 @@ _RELEASES = (
     ("mn20", 2.0, "mn20_as_mAP_478.pt", 0.478, None),
     ("mn30", 3.0, "mn30_as_mAP_482.pt", 0.482, None),
     ("mn40", 4.0, "mn40_as_mAP_484.pt", 0.484, None),
+    # upstream "mn40_as_ext": the same mn40 network after extended training (300 epochs), README mAP 48.7;
+    # the release also holds mn40_as_ext(2)/(3) (mAP_486, mAP_485), ensemble members not registered here
+    ("mn40-as-ext", 4.0, "mn40_as_ext_mAP_487.pt", 0.487, None),
 )
+# a release asset whose sha256 audiobench does not know: weights.download_file warns with the one it got
+_UNPINNED = "; sha256 not pinned (unknown to audiobench): a download warns and reports the sha256 it got"
+_NOTES = {"mn40-as-ext": ", extended training (300 epochs)"}
+
+
+def efficientat_frontend(width_mult: float) -> dict:
+    """The ``spec.frontend`` of an EfficientAT AudioSet model (``AugmentMelSTFT`` defaults, eval mode)."""
+    return {
+        "kind": "efficientat-mel", "preemphasis": 0.97, "n_fft": 1024, "win_length": 800,
+        "window": "hann-symmetric", "hop_length": 320, "center": True, "n_mels": 128,
+        "mel_scale": "kaldi", "fmin_hz": 0.0, "fmax_hz": 15000.0, "log_offset": 1e-5,
+        "width_mult": width_mult, "head": "mlp",
+    }
 
 
 def _factory(spec: ModelSpec, sample_rate: Optional[int] = None) -> EfficientATTagger:
@@ -260,14 +282,10 @@ def _register() -> None:
         spec = ModelSpec(
             name=f"efficientat-{short}",
             family="cnn",
-            description=f"EfficientAT MobileNetV3 width {width}, MLP head, 32 kHz, 128 mel (KD from PaSST)",
+            description=(f"EfficientAT MobileNetV3 width {width}, MLP head, 32 kHz, 128 mel (KD from PaSST)"
+                         f"{_NOTES.get(short, '')}"),
             sample_rate=32000,
-            frontend={
-                "kind": "efficientat-mel", "preemphasis": 0.97, "n_fft": 1024, "win_length": 800,
-                "window": "hann-symmetric", "hop_length": 320, "center": True, "n_mels": 128,
-                "mel_scale": "kaldi", "fmin_hz": 0.0, "fmax_hz": 15000.0, "log_offset": 1e-5,
-                "width_mult": width, "head": "mlp",
-            },
+            frontend=efficientat_frontend(width),
             normalisation={"shift": 4.5, "scale": 5.0},  # (log_mel + shift) / scale
             weights=WeightsSpec(
                 # cached as efficientat_<asset> (the name ../shared uses); downloaded from <asset>
@@ -275,7 +293,7 @@ def _register() -> None:
                 url=RELEASE_URL + asset,
                 sha256=sha,
                 licence=LICENCE,
-                source="GitHub release fschmid56/EfficientAT v0.0.1",
+                source="GitHub release fschmid56/EfficientAT v0.0.1" + ("" if sha else _UNPINNED),
             ),
             reference_mAP=mAP,
             reference="Schmid et al., ICASSP 2023, arXiv:2211.04772; github.com/fschmid56/EfficientAT",
