@@ -1,23 +1,18 @@
 """Models without editing audiobench: ``module:factory``, entry-point plugins, provenance, variants.
 
-The example plugin package (examples/plugin) is pip-installed offline into a temporary folder and
-benchmarked by name in a subprocess whose PYTHONPATH holds that folder. The other plugin tests
-write a minimal installed distribution (``*.dist-info`` with ``entry_points.txt``) straight onto
-``sys.path``: what pip would leave, without the build.
+The plugin tests here write a minimal installed distribution (``*.dist-info`` with
+``entry_points.txt``) straight onto ``sys.path``: what pip would leave, without the build. The
+example plugin package (examples/plugin) is pip-installed offline into a temporary folder, listed
+and benchmarked by name in subprocesses by tests/test_docs_byom.py (the walk-through's commands).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import shutil
-import subprocess
 import sys
 import textwrap
 import types
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,8 +21,6 @@ from audiobench.errors import AudiobenchError, ConfigError, UnknownNameError, We
 from audiobench.models import plugins
 from audiobench.models.contract import ModelContractError, probe_model
 from audiobench.models.resolve import check_model_source, model_provenance, resolve_model, split_variant, verify_provenance
-
-ROOT = Path(__file__).resolve().parents[1]
 
 MODULE = '''
 import torch
@@ -321,50 +314,3 @@ def test_a_broken_plugin_reports_its_error_when_asked_for(fake_plugin):
         with pytest.raises(AudiobenchError) as e:
             resolve_model("broken")
     assert "failed to load: RuntimeError: plugin exploded" in one_line(e)
-
-
-# --- the example plugin, pip-installed offline -------------------------------------------------------
-BENCHMARK = r'''
-import json, sys
-from pathlib import Path
-from audiobench.models import list_models
-from audiobench.models.resolve import model_provenance, resolve_model
-from audiobench.engine import RunConfig, Runner
-from audiobench.commands.run import build_conditions
-
-rows = [r for r in list_models() if r.name == "example-melcnn"]
-# the engine by name, as `audiobench run --model example-melcnn --noise pgd --eps 0.002 --limit 8 --bootstrap 20`
-cfg = RunConfig(models=["example-melcnn"], conditions=build_conditions(["pgd"], {"eps": "0.002", "steps": 2}),
-                limit=8, bootstrap=20, out=Path(sys.argv[1]))
-run_dir = Runner(cfg, progress=False).run()
-import pandas as pd
-m = pd.read_csv(run_dir / "metrics.csv")
-prov = model_provenance(resolve_model("example-melcnn"))
-print(json.dumps({"rows": [r.line() for r in rows], "models": sorted(set(m.model)), "conditions": sorted(set(m.condition)),
-                  "n_clips": int(m.n_clips.max()), "prov": prov}))
-'''
-
-
-@pytest.mark.slow
-def test_example_plugin_installs_offline_lists_and_benchmarks(tmp_path):
-    src = tmp_path / "plugin-src"
-    shutil.copytree(ROOT / "examples" / "plugin", src)  # the build writes into its source folder
-    target = tmp_path / "target"
-    pip = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-         "--target", str(target), str(src)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert pip.returncode == 0, pip.stderr[-2000:]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(target), str(ROOT)]))
-    out = subprocess.run([sys.executable, "-c", BENCHMARK, str(tmp_path / "results")], capture_output=True, text=True,
-                         env=env, cwd=tmp_path, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(result["rows"]) == 1 and result["rows"][0].startswith("example-melcnn\tcnn\t16000 Hz")
-    assert result["rows"][0].endswith("[audiobench-example-plugin 0.1.0]")
-    assert result["models"] == ["example-melcnn"] and "pgd/linf:eps=0.002" in result["conditions"] and result["n_clips"] == 8
-    prov = result["prov"]
-    assert (prov["kind"], prov["distribution"], prov["version"]) == ("plugin", "audiobench-example-plugin", "0.1.0")
-    melcnn = [f for f in prov["source_files"] if f["path"].endswith("melcnn.py")]
-    assert melcnn and melcnn[0]["sha256"] == hashlib.sha256((src / "audiobench_example_plugin" / "melcnn.py").read_bytes()).hexdigest()

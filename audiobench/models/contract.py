@@ -35,8 +35,9 @@ a :class:`~audiobench.errors.ConfigError` with one line naming the model and the
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from typing import Any, Dict, Iterable, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Dict, Iterable, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -219,6 +220,26 @@ def probe_model(model, *, sample_rate: int, n_classes: int, needs_grad: bool, de
             f"(resolve it with sample_rate={int(sample_rate)} to put a resampler in front)"
         )
     dev = torch.device(device) if device is not None else model_device(model)
+    with _exact_fp32(dev):
+        return _probe(model, name, int(sample_rate), int(n_classes), bool(needs_grad), dev, seconds, seed)
+
+
+@contextlib.contextmanager
+def _exact_fp32(device: torch.device):
+    """fp32 without autocast and without TF32 (restored after): the probe checks the model's
+    maths, and TF32 convolutions would differ by ~1e-3 between batch sizes on their own."""
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.autocast(device_type=device.type, enabled=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+def _probe(model, name: str, sample_rate: int, n_classes: int, needs_grad: bool, dev: torch.device,
+           seconds: float, seed: int) -> Dict[str, Any]:
     x = probe_waveform(sample_rate, seconds=seconds, seed=seed, device=dev)
     batch = x.shape[0]
     shape = tuple(x.shape)
