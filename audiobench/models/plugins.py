@@ -123,43 +123,43 @@ def load_factory(reference: str) -> Callable[..., Any]:
     return obj
 
 
-def call_factory(factory: Callable[..., Any], *, label: str, checkpoint: Optional[str] = None,
-                 sample_rate: Optional[int] = None, device: Optional[str] = None) -> Any:
-    """Call ``factory`` with the keywords its signature accepts (see the module doc)."""
+def factory_keywords(factory: Callable[..., Any], label: str) -> frozenset:
+    """The keywords of the calling convention that ``factory`` accepts (all of them with
+    ``**kwargs``; none when it has no inspectable signature). A required argument outside the
+    convention is refused with one line."""
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # builtins and C callables: no signature
-        params = None
-    if params is None:
-        accepts = lambda _k: False  # noqa: E731
-    else:
-        var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        accepts = lambda k: var_kw or (k in params and params[k].kind in (  # noqa: E731
-            inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
-        for p in params.values():
-            if p.default is inspect.Parameter.empty and p.kind in (
-                    inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_ONLY) \
-                    and p.name not in FACTORY_KEYWORDS:
-                raise ConfigError(
-                    f"{label}: its factory needs the argument {p.name!r}; a factory is called as "
-                    f"factory(checkpoint=..., sample_rate=..., device=...) with only the keywords it names"
-                )
-    kwargs: Dict[str, Any] = {}
-    if checkpoint is not None:
-        if not accepts("checkpoint"):
-            raise ConfigError(f"{label}: its factory takes no 'checkpoint' argument, so checkpoint {checkpoint} cannot be passed to it")
-        kwargs["checkpoint"] = str(checkpoint)
-    elif accepts("checkpoint") and params is not None and "checkpoint" in params \
-            and params["checkpoint"].default is inspect.Parameter.empty:
-        kwargs["checkpoint"] = None
-    if accepts("sample_rate"):
-        kwargs["sample_rate"] = None if sample_rate is None else int(sample_rate)
-    if accepts("device"):
-        kwargs["device"] = None if device is None else str(device)
+        return frozenset()
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    for p in params.values():
+        if p.default is inspect.Parameter.empty and p.kind not in variadic and p.name not in FACTORY_KEYWORDS:
+            raise ConfigError(
+                f"{label}: its factory needs the argument {p.name!r}; a factory is called as "
+                f"factory(checkpoint=..., sample_rate=..., device=...) with only the keywords it names"
+            )
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return frozenset(FACTORY_KEYWORDS)
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(k for k in FACTORY_KEYWORDS if k in params and params[k].kind in named)
+
+
+def call_factory(factory: Callable[..., Any], *, label: str, checkpoint: Optional[str] = None,
+                 sample_rate: Optional[int] = None, device: Optional[str] = None) -> Any:
+    """Call ``factory`` with the keywords its signature accepts (see the module doc), torch's
+    global RNG seeded (0) and restored; its exceptions become one ModelContractError line."""
+    accepted = factory_keywords(factory, label)
+    if checkpoint is not None and "checkpoint" not in accepted:
+        raise ConfigError(f"{label}: its factory takes no 'checkpoint' argument, so checkpoint {checkpoint} cannot be passed to it")
+    values = {
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+        "sample_rate": None if sample_rate is None else int(sample_rate),
+        "device": None if device is None else str(device),
+    }
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            return factory(**kwargs)
+            return factory(**{k: v for k, v in values.items() if k in accepted})
     except AudiobenchError:
         raise
     except Exception as exc:

@@ -58,7 +58,11 @@ def apply_model_variant(model: _base.AudioTagger, variant: str, source: str) -> 
         if exc.name != "audiobench.models.quantize":
             raise
         raise ConfigError(f"model {source!r}: model variants ('@{variant}') are not available in this version of audiobench") from None
-    return apply_variant(model, variant)
+    varied = apply_variant(model, variant)
+    for attr in ("checkpoint_path", "checkpoint_sha256"):
+        if not hasattr(varied, attr):
+            setattr(varied, attr, getattr(model, attr, None))
+    return varied
 
 
 def check_model_source(source) -> None:
@@ -100,8 +104,13 @@ def _check_options(weights: str, sample_rate) -> None:
 
     if weights not in WEIGHT_CHOICES:
         raise ConfigError(f"weights={weights!r} is not one of {', '.join(WEIGHT_CHOICES)}")
-    if sample_rate is not None and (isinstance(sample_rate, bool) or int(sample_rate) != sample_rate or sample_rate <= 0):
-        raise ConfigError(f"sample_rate={sample_rate!r} must be a positive integer number of Hz")
+    if sample_rate is not None:
+        try:
+            ok = not isinstance(sample_rate, bool) and int(sample_rate) == sample_rate and sample_rate > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"sample_rate={sample_rate!r} must be a positive integer number of Hz")
 
 
 def _checkpoint_file(checkpoint) -> Optional[str]:
@@ -170,7 +179,7 @@ def resolve_model(
         model = apply_model_variant(model, variant, str(source))
         provenance["variant"] = variant
     if dataset_vocab is not None:
-        model, provenance["labels"] = _map_labels(model, provenance["kind"], dataset_vocab, label_map)
+        model, provenance["labels"] = _map_labels(model, dataset_vocab, label_map)
     model.provenance = provenance
     return model
 
@@ -430,7 +439,7 @@ def verify_provenance(provenance: Dict[str, Any]) -> List[str]:
 
 
 # --- labels ------------------------------------------------------------------------------------------
-def _map_labels(model: _base.AudioTagger, kind: str, vocab, label_map):
+def _map_labels(model: _base.AudioTagger, vocab, label_map):
     from audiobench.data.vocab import AUDIOSET_SIZE, AUDIOSET_VOCAB_HASH
     from audiobench.models.labels import LabelMappedTagger, plan_labels
 
