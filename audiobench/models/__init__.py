@@ -27,9 +27,29 @@ def register_model(spec: ModelSpec, factory: Callable[..., AudioTagger]) -> None
 
 
 def load_model(name, checkpoint=None, device="cpu", **kwargs):
-    from audiobench.models.loading import load_model as _impl
+    """A registered model (:func:`audiobench.models.loading.load_model`), or anything else
+    :func:`audiobench.models.resolve.resolve_model` accepts (plugin name, ``module:factory``,
+    ``hf:FOLDER``, ``nn.Module``, ``NAME@VARIANT``)."""
+    if isinstance(name, str) and name in MODELS:
+        from audiobench.models.loading import load_model as _impl
+    else:
+        from audiobench.models.resolve import resolve_model as _impl
 
     return _impl(name, checkpoint=checkpoint, device=device, **kwargs)
+
+
+def resolve_model(source, **kwargs):
+    """See :func:`audiobench.models.resolve.resolve_model`."""
+    from audiobench.models.resolve import resolve_model as _impl
+
+    return _impl(source, **kwargs)
+
+
+def list_models():
+    """Every model usable by name, built-in and plugin (:func:`audiobench.models.plugins.list_models`)."""
+    from audiobench.models.plugins import list_models as _impl
+
+    return _impl()
 
 
 # --- one import line per model module (each registers its models) ------------------------------

@@ -1,0 +1,3 @@
+"""Example audiobench model plugin (see ``melcnn``)."""
+
+__version__ = "0.1.0"
