@@ -564,3 +564,7 @@ ACCEPTED: List[tuple] = [
 def case_ids() -> List[str]:
     return [c.id for c in CASES]
 
+
+from hostile_cases_metrics import CASES as _METRICS_CASES  # noqa: E402
+
+CASES += _METRICS_CASES

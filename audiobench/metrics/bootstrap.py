@@ -168,23 +168,27 @@ def weighted_means(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
         return np.where(dens > 0, sums / np.maximum(dens, 1.0), np.nan)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _order_stat_kernel(w, js, out):  # pragma: no cover - compiled
-    """w (R, M) counts of the value-sorted clips per resample; js (P, R) 0-based order statistics
-    wanted; out (P, R): the sorted position holding each (the first whose running count > j)."""
-    n_r, m = w.shape
-    n_p = js.shape[0]
-    for r in numba.prange(n_r):
-        for p in range(n_p):
-            j = js[p, r]
-            cum = 0
-            u = 0
-            while u < m - 1:
-                cum += w[r, u]
-                if cum > j:
-                    break
-                u += 1
-            out[p, r] = u
+@numba.njit(cache=True, nogil=True)
+def _order_stat_kernel(counts, order, js, out):  # pragma: no cover - compiled
+    """counts (N, R) clip-major; order (M,) the clips with a value, by ascending value; js (P, R)
+    0-based order statistics wanted, ascending in p for every r. out (P, R): the position in
+    ``order`` holding each (the first whose running count exceeds j). One pass over the sorted
+    clips, vectorised over resamples (each clip's counts are one contiguous row)."""
+    m = order.shape[0]
+    n_p, n_r = js.shape
+    cum = np.zeros(n_r, np.int64)
+    nxt = np.zeros(n_r, np.int64)
+    for u in range(m):
+        row = counts[order[u]]
+        for r in range(n_r):
+            cum[r] += row[r]
+            while nxt[r] < n_p and cum[r] > js[nxt[r], r]:
+                out[nxt[r], r] = u
+                nxt[r] += 1
+    for r in range(n_r):  # a target past the total (no clip drawn): the last position
+        while nxt[r] < n_p:
+            out[nxt[r], r] = m - 1
+            nxt[r] += 1
 
 
 def weighted_quantiles(values, counts, probs) -> np.ndarray:
@@ -203,17 +207,21 @@ def weighted_quantiles(values, counts, probs) -> np.ndarray:
     keep = ~np.isnan(v)
     if not keep.any() or n_r == 0 or not len(probs):
         return out
-    order = np.argsort(v[keep], kind="stable")
-    s = v[keep][order]
-    w = np.ascontiguousarray(counts[keep][order].T, dtype=np.int64 if counts.dtype.kind != "u" else counts.dtype)
-    total = w.sum(axis=1, dtype=np.int64)  # (R,) defined clips drawn
+    rows = np.flatnonzero(keep)
+    order = rows[np.argsort(v[rows], kind="stable")]  # clips with a value, by ascending value
+    s = v[order]
+    counts = np.ascontiguousarray(counts)
+    total = counts[rows].sum(axis=0, dtype=np.int64)  # (R,) defined clips drawn
     h = (total - 1).astype(np.float64)[None, :] * probs[:, None]  # numpy's "linear" virtual index
     j0 = np.floor(h)
     gamma = h - j0
     j1 = np.minimum(j0 + 1, total - 1)
     js = np.concatenate([j0, j1]).astype(np.int64)
-    pos = np.empty(js.shape, dtype=np.int64)
-    _order_stat_kernel(w, js, pos)
+    rank = np.argsort(js, axis=0, kind="stable")  # the kernel walks each resample once, in order
+    pos_sorted = np.empty(js.shape, dtype=np.int64)
+    _order_stat_kernel(counts, order, np.ascontiguousarray(np.take_along_axis(js, rank, axis=0)), pos_sorted)
+    pos = np.empty_like(pos_sorted)
+    np.put_along_axis(pos, rank, pos_sorted, axis=0)
     a, b = s[pos[: len(probs)]], s[pos[len(probs):]]
     with np.errstate(invalid="ignore"):
         diff = b - a
