@@ -202,10 +202,25 @@ def test_d_prime_interval_is_d_prime_of_the_mauc_interval_never_interpolated_inf
     lo, hi = percentile_ci(mauc)
     assert hi < 1.0 and d_prime_ci((lo, hi)) == (float(d_prime(lo)), float(d_prime(hi)))
     assert math.isfinite(d_prime_ci((lo, hi))[1])
-    assert d_prime_ci((0.9, 1.0)) == (float(d_prime(0.9)), math.inf)  # open-ended only when mAUC reaches 1
-    # bootstrap_tagging applies the same rule
+    # an interval end at exactly mAUC 1: halfway to the data's largest mAUC below 1, unless the
+    # point estimate itself is 1 (then d' is +inf and so is the interval's end)
+    assert d_prime_ci((0.9, 1.0)) == (float(d_prime(0.9)), math.inf)
+    assert d_prime_ci((0.9, 1.0), resolution=0.002, point=0.99) == (float(d_prime(0.9)), float(d_prime(0.999)))
+    assert d_prime_ci((0.0, 0.4), resolution=0.002, point=0.2) == (float(d_prime(0.001)), float(d_prime(0.4)))
+    assert d_prime_ci((0.95, 1.0), resolution=0.002, point=1.0)[1] == math.inf
+    # bootstrap_tagging applies the same rule; a near-perfect tagger on few clips: many resamples
+    # rank every class perfectly (mAUC 1), the interval still ends at a finite d'
     targets = rng.random((40, 3)) < 0.3
     targets[0], targets[1] = True, False
     scores = targets * 2.0 + rng.normal(0, 0.8, size=targets.shape)
     ci = bootstrap_tagging(scores, targets, n_resamples=300, seed=0)
-    assert ci["d_prime"] == d_prime_ci(ci["mAUC"]) and all(math.isfinite(v) for v in ci["d_prime"])
+    assert all(math.isfinite(v) for v in ci["d_prime"])
+    scores = targets * 5.0 + rng.normal(0, 0.5, size=targets.shape)
+    scores[2] = np.where(targets[2], 0.0, 5.0)  # clip 2 misranked in every class: mAUC < 1
+    point = tagging_metrics(scores, targets)["mAUC"]
+    ci = bootstrap_tagging(scores, targets, n_resamples=300, seed=0)
+    assert point < 1.0 and ci["mAUC"][1] == 1.0 and math.isfinite(ci["d_prime"][1])
+    from audiobench.metrics.tagging import mauc_resolution
+
+    assert ci["d_prime"][1] == float(d_prime(1.0 - mauc_resolution(targets) / 2))
+    assert ci["d_prime"][0] <= tagging_metrics(scores, targets)["d_prime"] <= ci["d_prime"][1]

@@ -245,3 +245,18 @@ def test_single_label_hand_computed():
     # argmax ties go to the lowest index (the documented decision rule)
     tie = np.array([[1.0, 1.0, 0.0]])
     assert single_label_metrics(tie, np.array([[False, True, False]]))["accuracy"] == 0.0
+
+
+def test_mauc_resolution_is_one_misordered_pair_in_the_largest_class():
+    from audiobench.metrics.tagging import mauc_resolution
+
+    t = np.zeros((10, 3), bool)
+    t[:2, 0] = True  # 2 x 8 pairs
+    t[:5, 1] = True  # 5 x 5 pairs (the most)
+    t[:, 2] = True  # no negative: not in the mAUC
+    assert mauc_resolution(t) == 1 / (2 * 25)
+    # the step it describes: swap one pair in class 1 of a perfect ranking
+    scores = t * 1.0 + np.linspace(0, 0.1, 10)[:, None]
+    scores[4, 1], scores[5, 1] = 0.5, 0.6  # positive 4 just below negative 5, all else in order
+    assert tagging_metrics(scores, t)["mAUC"] == pytest.approx(1 - mauc_resolution(t))
+    assert math.isnan(mauc_resolution(np.ones((3, 2), bool)))

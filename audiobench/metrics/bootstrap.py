@@ -27,8 +27,12 @@ percentile of the resample values that are defined (NaN resamples are ignored); 
 
 d′ interval: d′ = √2·Φ⁻¹(mAUC) is increasing in mAUC, so its interval is d′ of the mAUC
 interval's ends (:func:`d_prime_ci`), never a percentile interpolated between a finite d′ and the
-+inf of a resample whose mAUC is 1. It is finite whenever the mAUC interval stays below 1 and
-open-ended (upper end +inf, stated as such) only when the mAUC interval itself reaches 1.
++inf of a resample whose mAUC is 1. On small sets many resamples rank every class perfectly and
+the mAUC interval reaches exactly 1 (or 0), where d′ is unbounded; that end is then taken halfway
+between 1 and the largest mAUC below 1 the data can produce (:func:`~audiobench.metrics.tagging.
+mauc_resolution`: one misordered pair in the class with the most positive-negative pairs), the
+analogue of signal detection theory's 1/(2N) rule. The interval is therefore finite, except when
+the point estimate itself is 1 (or 0): then d′ is +inf (−inf) and that end is open (±inf) too.
 
 Medians and 90th percentiles of per-clip statistics (:func:`weighted_quantiles`) are numpy's
 linear-interpolation quantiles of each resample's duplicated clips, from one sort per statistic.
@@ -43,7 +47,7 @@ import numba
 import numpy as np
 
 from audiobench.metrics._rank import _prepare, counts_dtype, weighted_ap_auc
-from audiobench.metrics.tagging import _check, d_prime, finite_clips, summarise_ap_auc
+from audiobench.metrics.tagging import _check, d_prime, finite_clips, mauc_resolution, summarise_ap_auc
 
 __all__ = [
     "resample_counts",
@@ -137,14 +141,26 @@ def bootstrap_tagging(
     counts = resample_counts(scores.shape[0], n_resamples, seed)
     values = bootstrap_tagging_values(scores, targets, counts)
     out = {name: percentile_ci(v, level) for name, v in values.items()}
-    out["d_prime"] = d_prime_ci(out["mAUC"])
+    point = bootstrap_tagging_values(scores, targets, np.ones((scores.shape[0], 1), dtype=np.uint8))["mAUC"][0]
+    out["d_prime"] = d_prime_ci(out["mAUC"], resolution=mauc_resolution(targets), point=point)
     return out
 
 
-def d_prime_ci(mauc_ci: Tuple[float, float]) -> Tuple[float, float]:
+def d_prime_ci(mauc_ci: Tuple[float, float], resolution: float | None = None,
+               point: float | None = None) -> Tuple[float, float]:
     """The d′ interval of an mAUC interval: (d′(lo), d′(hi)) — d′ is increasing in mAUC, so this
-    is the percentile interval of d′ without interpolating towards an infinite resample value."""
-    lo, hi = mauc_ci
+    is the percentile interval of d′ without interpolating towards an infinite resample value.
+
+    With the data's mAUC ``resolution`` (the smallest step of mAUC below 1), an end at exactly 1
+    (0) becomes d′(1 − resolution/2) (d′(resolution/2)) unless the ``point`` estimate is itself 1
+    (0): then that end stays ±inf, open-ended like the point estimate (module docstring)."""
+    lo, hi = (float(v) for v in mauc_ci)
+    if resolution is not None and math.isfinite(resolution) and resolution > 0:
+        half = resolution / 2.0
+        if hi == 1.0 and point != 1.0:
+            hi = 1.0 - half
+        if lo == 0.0 and point != 0.0:
+            lo = half
     return (float(d_prime(lo)), float(d_prime(hi)))
 
 

@@ -83,7 +83,7 @@ def condition_metrics(clean_logits: np.ndarray, logits: np.ndarray, targets: np.
 
     if n_boot > 0 and n_clips > 1:
         for name, (lo, hi) in _intervals(scores, x, t, per_clip, bins, bool(single_label), n_boot, seed,
-                                         level).items():
+                                         level, values["mAUC"]).items():
             rows[name].update(ci_low=float(lo), ci_high=float(hi))
 
     full_clip = {k: np.full(len(logits), np.nan) for k in PER_CLIP_SHIFT}
@@ -97,7 +97,7 @@ def condition_metrics(clean_logits: np.ndarray, logits: np.ndarray, targets: np.
 
 
 def _intervals(scores, logits, targets, per_clip, bins, single_label: bool, n_boot: int, seed: int,
-               level: float) -> Dict[str, tuple]:
+               level: float, point_mauc: float) -> Dict[str, tuple]:
     """Percentile intervals of every metric with ``has_ci``, all from the same resamples."""
     from audiobench.metrics import bootstrap, calibration, tagging
 
@@ -107,7 +107,7 @@ def _intervals(scores, logits, targets, per_clip, bins, single_label: bool, n_bo
     tag = bootstrap.bootstrap_tagging_values(scores, targets, counts)
     ci["mAP"] = bootstrap.percentile_ci(tag["mAP"], level)
     ci["mAUC"] = bootstrap.percentile_ci(tag["mAUC"], level)
-    ci["d_prime"] = bootstrap.d_prime_ci(ci["mAUC"])
+    ci["d_prime"] = bootstrap.d_prime_ci(ci["mAUC"], resolution=tagging.mauc_resolution(targets), point=point_mauc)
     hits = tagging.tagging_per_clip(scores, targets)
     per_clip_means = {"top1_hit_rate": hits["top1_hit"], "top5_hit_rate": hits["top5_hit"]}
     if single_label:

@@ -269,8 +269,11 @@ CHANGED_NAMES: Dict[str, tuple] = {
         "min_eps_missed_clean_clips, min_eps_unreachable_clips, min_eps_attacked_clips"),
     "min_eps = 0 (per_clip.csv)": ("a clip already missed clean is now recorded as −1 (not 0)",
                                    "min_eps_missed_clean_clips"),
-    "d_prime ci_low / ci_high": ("redefined: were percentiles of the resampled d′ (interpolation with +inf "
-                                 "gave +inf); now d′ of the mAUC interval's ends", "d_prime"),
+    "d_prime ci_low / ci_high": ("redefined: were percentiles of the resampled d′ (interpolation towards the "
+                                 "+inf of perfect resamples gave +inf); now d′ of the mAUC interval's ends, an end "
+                                 "at exactly 1 (0) taken halfway to the data's mAUC resolution", "d_prime"),
+    "top1_hit_rate, top5_hit_rate ci_low / ci_high": ("added: these rows had no interval before",
+                                                      "top1_hit_rate, top5_hit_rate"),
 }
 
 

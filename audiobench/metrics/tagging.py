@@ -29,6 +29,7 @@ __all__ = [
     "roc_auc_per_class",
     "ap_auc_per_class",
     "d_prime",
+    "mauc_resolution",
     "finite_clips",
     "top_k_hits",
     "tagging_per_clip",
@@ -91,6 +92,19 @@ def d_prime(auc) -> np.ndarray | float:
     """d′ = √2 · Φ⁻¹(AUC) (equal-variance Gaussian model); ±inf at AUC 1 / 0, NaN for NaN."""
     out = math.sqrt(2.0) * norm.ppf(np.asarray(auc, dtype=np.float64))
     return float(out) if np.ndim(out) == 0 else out
+
+
+def mauc_resolution(targets) -> float:
+    """The smallest step of the mAUC below 1 on these clips: one misordered (positive, negative)
+    pair in the class with the most pairs, 1 / (K · max_c P_c·N_c) over the K classes that have a
+    positive and a negative clip; NaN when there is none."""
+    t = np.asarray(targets, dtype=bool)
+    pos = t.sum(axis=0).astype(np.float64)
+    neg = t.shape[0] - pos
+    both = (pos > 0) & (neg > 0)
+    if not both.any():
+        return math.nan
+    return float(1.0 / (both.sum() * (pos[both] * neg[both]).max()))
 
 
 def top_k_hits(scores, targets, k: int) -> np.ndarray:
