@@ -28,7 +28,8 @@ def outputs(shared_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("real_clips") / "clips.h5"
     vocab = load_vocabulary(shared_dir / "audioset" / "class_labels_indices.csv")
-    pack(shared_dir / "clips", shared_dir / "clips" / "labels.csv", out, sample_rate=32000, clip_seconds=4.0, vocab=vocab)
+    pack(shared_dir / "clips", shared_dir / "clips" / "labels.csv", out, sample_rate=32000, clip_seconds=4.0,
+         vocab=vocab)
     ds = open_dataset(str(out))
     model = load_model("efficientat-mn04", checkpoint=shared_dir / "weights" / "efficientat_mn04_as_mAP_432.pt",
                        sample_rate=ds.sample_rate)

@@ -9,7 +9,10 @@ no negative, NaN rows) for counter-examples to the invariants:
   included) is invariant to the order of the clips, and per-clip columns move with their clip;
 * d′ is strictly increasing in mAUC (and antisymmetric about AUC 0.5);
 * per-class AP/AUC equal scikit-learn, and mAP/mAUC are their means over the defined classes;
-* AP, AUC and top-k hits depend on the scores' order only (the engine scores sigmoid(logits)).
+* AP, AUC and top-k hits depend on the scores' order only (the engine scores sigmoid(logits));
+* the per-clip shift statistics stay in their documented ranges (JS <= 1 bit, clipped KL, rank
+  correlations in [-1, 1], fractions in [0, 1]) and vanish for identical outputs;
+* a bootstrap median / percentile is the quantile of the duplicated clips it weights.
 """
 
 from __future__ import annotations

@@ -208,6 +208,7 @@ def make_run_folder(
         "git_commit": "0123456789abcdef", "device": "cpu", "precision": "fp32", "seed": seed,
         "data": {"name": data_name, "manifest": f"{data_name}.json", "manifest_sha256": "ab" * 32,
                  "clip_list_hash": clip_list_hash, "vocab_hash": vocab_hash, "n_clips": n_clips,
+                 "vocab_size": N_CLASSES,
                  "sample_rate": 16000, "clip_seconds": 10.0},
         "models": {m: {"spec": {"family": "cnn"}, "checkpoint": None, "checkpoint_sha256": None} for m in models},
         "conditions": [{"id": cid, "perturbation": pert, "param": param, "level": None if cid == "none" else level,
@@ -438,9 +439,10 @@ def test_md_has_expected_cells(run_a):
     assert f"{s.value:.3f} [{s.ci_low:.3f}, {s.ci_high:.3f}] ⚠" in md
     med = _value(run_a, "toy-cnn", "min-eps:eps_max=0.01", "min_eps_median")
     assert f"| toy-cnn | min-eps:eps_max=0.01 | {med.value:.3g} |" in md
-    assert "| model | condition | median | IQR [q25, q75] | attacked clips | unreachable (∞) | missed clean | clips |" in md
+    assert ("| model | condition | median | IQR [q25, q75] | attacked clips | unreachable (∞) | missed clean | clips "
+            "| classes |") in md
     row = next(ln for ln in md.splitlines() if ln.startswith("| toy-cnn | min-eps:eps_max=0.01 |"))
-    assert row.endswith("| 28 | 1 | 2 | 30 |")  # 2 clips missed clean, 1 unreachable (see make_run_folder)
+    assert row.endswith(f"| 28 | 1 | 2 | 30 | {n_cls} |")  # 2 clips missed clean, 1 unreachable (make_run_folder)
     assert f"toy-ast / `pgd:eps=0.001`: {SUSPECT_REASON}" in md
 
 
@@ -634,7 +636,8 @@ def test_single_level_conditions_are_labelled_bars(hostile_run):
     assert [c.id for c in single_level_conditions(view)] == ["gaussian:snr_db=20", f"impulse/{MACRO}"]
     fig = single_level_figure(view)
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["clean", "gaussian:snr_db=20", "impulse/\\$\\undefinedmacro\\$"]
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks == ["clean", "gaussian:snr_db=20", "impulse/\\$\\undefinedmacro\\$"]  # $ escaped for matplotlib
     bars = [p for p in ax.patches if isinstance(p, Rectangle) and p.get_height() > 0]
     assert len(bars) == 3 * 2  # 3 categories x 2 models
     labels = {t.get_text() for t in ax.texts}

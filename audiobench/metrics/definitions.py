@@ -121,46 +121,63 @@ def _stat(*args, **kwargs) -> None:
     STATISTICS[s.name] = s
 
 
-_stat("kl", "Bernoulli KL(clean ‖ perturbed)", "mean over classes of the Bernoulli KL divergence KL(p_c || q_c), probabilities clipped to "
-      "[1e-7, 1 - 1e-7]", "nats",
+_stat("kl", "Bernoulli KL(clean ‖ perturbed)",
+      "mean over classes of the Bernoulli KL divergence KL(p_c || q_c), probabilities clipped to [1e-7, 1 - 1e-7]",
+      "nats",
       "(1/C) Σ_c [p̃_c ln(p̃_c/q̃_c) + (1−p̃_c) ln((1−p̃_c)/(1−q̃_c))], p̃, q̃ = p, q clipped to [1e-7, 1−1e-7]")
-_stat("js", "Bernoulli JS", "mean over classes of the Bernoulli Jensen-Shannon divergence of p_c and q_c (<= 1)", "bits",
+_stat("js", "Bernoulli JS",
+      "mean over classes of the Bernoulli Jensen-Shannon divergence of p_c and q_c (<= 1)", "bits",
       "(1/C) Σ_c [½ KL₂(p_c || m_c) + ½ KL₂(q_c || m_c)], m_c = (p_c + q_c)/2, Bernoulli KL in log base 2")
-_stat("js_normalised", "JS of sum-normalised scores", "Jensen-Shannon divergence of the score vectors normalised to sum 1 (blind to a uniform "
-      "scaling of all scores; kept for comparison with earlier runs)", "nats",
+_stat("js_normalised", "JS of sum-normalised scores",
+      "Jensen-Shannon divergence of the score vectors normalised to sum 1 (blind to a uniform scaling of all "
+      "scores; kept for comparison with earlier runs)", "nats",
       "JS(p/Σp || q/Σq) with natural logarithms, in [0, ln 2]", "when every score of the clip underflows to 0")
-_stat("top1_flip", "top-1 flip", "1 if the top-scored class changed (between any two classes, right or wrong)", "0/1",
+_stat("top1_flip", "top-1 flip",
+      "1 if the top-scored class changed (between any two classes, right or wrong)", "0/1",
       "[argmax_c x ≠ argmax_c y] (lowest index on ties)", indicator=True, mean_name="top1_flip_rate")
-_stat("top5_jaccard", "top-5 Jaccard overlap", "Jaccard overlap of the clean and perturbed top-5 class sets", "fraction",
+_stat("top5_jaccard", "top-5 Jaccard overlap",
+      "Jaccard overlap of the clean and perturbed top-5 class sets", "fraction",
       "|K_5(p) ∩ K_5(q)| / |K_5(p) ∪ K_5(q)|")
-_stat("top10_spearman", "Spearman ρ over top-10 union", "Spearman rank correlation of clean and perturbed scores over the union of the clean "
-      "and perturbed top-10 classes", "correlation in [-1, 1]",
+_stat("top10_spearman", "Spearman ρ over top-10 union",
+      "Spearman rank correlation of clean and perturbed scores over the union of the clean and perturbed top-10 "
+      "classes", "correlation in [-1, 1]",
       "Spearman ρ of (p_c, q_c) for c ∈ U = K_10(p) ∪ K_10(q), average ranks within U",
       "when p or q is constant over U")
-_stat("top10_kendall", "Kendall τ over top-10 union", "Kendall rank correlation (tau-b) of clean and perturbed scores over the union of the "
-      "clean and perturbed top-10 classes", "correlation in [-1, 1]",
+_stat("top10_kendall", "Kendall τ over top-10 union",
+      "Kendall rank correlation (tau-b) of clean and perturbed scores over the union of the clean and perturbed "
+      "top-10 classes", "correlation in [-1, 1]",
       "Kendall τ_b of (p_c, q_c) for c ∈ U = K_10(p) ∪ K_10(q)", "when p or q is constant over U")
-_stat("true_dp", "true-label Δp", "mean change of the true labels' scores", "probability",
+_stat("true_dp", "true-label Δp",
+      "mean change of the true labels' scores", "probability",
       "(1/|T|) Σ_{c∈T} (q_c − p_c)", "for a clip without a true label")
-_stat("true_dlogit", "true-label Δlogit", "mean change of the true labels' logits", "logit",
+_stat("true_dlogit", "true-label Δlogit",
+      "mean change of the true labels' logits", "logit",
       "(1/|T|) Σ_{c∈T} (y_c − x_c)", "for a clip without a true label")
-_stat("true_rank_change", "true-label rank change", "mean change of the true labels' ranks among all classes (positive: pushed down)",
-      "ranks", "(1/|T|) Σ_{c∈T} (r_c(q) − r_c(p))", "for a clip without a true label")
-_stat("top1_retention", "top-1 retention of true labels", "1 if the clean top-1 class is a true label and stays top-1 perturbed, 0 if it is "
-      "displaced", "0/1", "|T ∩ K_1(p) ∩ K_1(q)| / |T ∩ K_1(p)|",
-      "when the clean top-1 class is not a true label", indicator=True, mean_name="top1_retention_rate")
-_stat("top5_retention", "top-5 retention of true labels", "fraction of the true labels in the clean top 5 that stay in the perturbed top 5",
-      "fraction", "|T ∩ K_5(p) ∩ K_5(q)| / |T ∩ K_5(p)|", "when no true label is in the clean top 5")
-_stat("true_label_drop", "true-label drop below 0.5", "fraction of the true labels scored >= 0.5 clean that score < 0.5 perturbed",
-      "fraction", "|{c ∈ T: p_c ≥ ½ > q_c}| / |{c ∈ T: p_c ≥ ½}|", "when no true label scores >= 0.5 clean",
+_stat("true_rank_change", "true-label rank change",
+      "mean change of the true labels' ranks among all classes (positive: pushed down)", "ranks",
+      "(1/|T|) Σ_{c∈T} (r_c(q) − r_c(p))", "for a clip without a true label")
+_stat("top1_retention", "top-1 retention of true labels",
+      "1 if the clean top-1 class is a true label and stays top-1 perturbed, 0 if it is displaced", "0/1",
+      "|T ∩ K_1(p) ∩ K_1(q)| / |T ∩ K_1(p)|", "when the clean top-1 class is not a true label",
+      indicator=True, mean_name="top1_retention_rate")
+_stat("top5_retention", "top-5 retention of true labels",
+      "fraction of the true labels in the clean top 5 that stay in the perturbed top 5", "fraction",
+      "|T ∩ K_5(p) ∩ K_5(q)| / |T ∩ K_5(p)|", "when no true label is in the clean top 5")
+_stat("true_label_drop", "true-label drop below 0.5",
+      "fraction of the true labels scored >= 0.5 clean that score < 0.5 perturbed", "fraction",
+      "|{c ∈ T: p_c ≥ ½ > q_c}| / |{c ∈ T: p_c ≥ ½}|", "when no true label scores >= 0.5 clean",
       mean_name="true_label_drop_rate")
-_stat("false_alarm_new", "new false alarms (non-true classes crossing 0.5)", "number of non-true classes that cross 0.5 upwards (false alarms the perturbation "
-      "creates)", "classes", "|{c ∈ F: p_c < ½ ≤ q_c}|")
-_stat("max_false_dp", "Δ largest non-true score", "change of the largest score among the non-true classes", "probability",
+_stat("false_alarm_new", "new false alarms (non-true classes crossing 0.5)",
+      "number of non-true classes that cross 0.5 upwards (false alarms the perturbation creates)", "classes",
+      "|{c ∈ F: p_c < ½ ≤ q_c}|")
+_stat("max_false_dp", "Δ largest non-true score",
+      "change of the largest score among the non-true classes", "probability",
       "max_{c∈F} q_c − max_{c∈F} p_c", "when every class is a true label")
-_stat("max_score_change", "Δ max score (confidence)", "change of the clip's largest score (confidence)", "probability",
+_stat("max_score_change", "Δ max score (confidence)",
+      "change of the clip's largest score (confidence)", "probability",
       "max_c q_c − max_c p_c")
-_stat("brier", "Brier score", "Brier score of the condition's scores against the labels, mean over classes", "probability²",
+_stat("brier", "Brier score",
+      "Brier score of the condition's scores against the labels, mean over classes", "probability²",
       "(1/C) Σ_c (q_c − t_c)², t_c = 1 for a true label else 0")
 
 # per_clip.csv columns written for every condition, in order

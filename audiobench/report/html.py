@@ -82,12 +82,13 @@ def _html_matrix(view: ReportView, metric: str) -> str:
 
 
 def _runs_table(runs: Sequence[RunResult]) -> str:
-    head = ["run", "data", "clips", "models", "conditions", "device", "precision", "seed", "git", "time (UTC)",
-            "complete"]
+    head = ["run", "data", "clips", "classes", "models", "conditions", "device", "precision", "seed", "git",
+            "time (UTC)", "complete"]
     out = ["<table><tr>" + "".join(f'<th class="l">{h}</th>' for h in head) + "</tr>"]
     for r in runs:
         d = r.data
-        cells = [r.run_id, str(d.get("name", "")), str(d.get("n_clips", "")), ", ".join(r.models),
+        cells = [r.run_id, str(d.get("name", "")), str(d.get("n_clips", "")), str(d.get("vocab_size", "")),
+                 ", ".join(r.models),
                  str(len(r.conditions)), str(r.info.get("device", "")), str(r.info.get("precision", "")),
                  str(r.info.get("seed", "")), str(r.info.get("git_commit") or "")[:10],
                  f"{r.info.get('start_time', '')} – {r.info.get('end_time', '')}",

@@ -284,8 +284,8 @@ def curve_figure(view: ReportView, pert: str, param: str, conds: list[Condition]
             ax.plot([x_clean], [clean.value], marker="s", markersize=7, color=color, linestyle="none",
                     gid="clean-point")
             if _finite(clean.ci_low) and _finite(clean.ci_high):
-                ax.errorbar([x_clean], [clean.value], yerr=[[clean.value - clean.ci_low], [clean.ci_high - clean.value]],
-                            color=color, capsize=3, linewidth=1)
+                err = [[clean.value - clean.ci_low], [clean.ci_high - clean.value]]
+                ax.errorbar([x_clean], [clean.value], yerr=err, color=color, capsize=3, linewidth=1)
     if not drawn:
         return None
     if log:
@@ -483,8 +483,8 @@ def delta_ap(view: ReportView, top: int = TOP_CLASSES) -> list[Plot]:
             continue
         cond, least, most = found
         panels = [(part, title, color) for part, title, color in
-                  ((least, f"{len(least)} least robust classes", "C3"), (most, f"{len(most)} most robust classes", "C2"))
-                  if len(part)]
+                  ((least, f"{len(least)} least robust classes", "C3"),
+                   (most, f"{len(most)} most robust classes", "C2")) if len(part)]
         n = max(len(p) for p, _, _ in panels)
         fig = _new_figure(11.0, 0.24 * n + 1.9)
         for k, (part, title, color) in enumerate(panels):

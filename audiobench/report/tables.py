@@ -339,7 +339,7 @@ def matrix(view: ReportView, metric: str, *, with_drop: bool) -> tuple[list[str]
 
 
 MIN_EPS_HEADER = ["model", "condition", "median", "IQR [q25, q75]", "attacked clips", "unreachable (∞)",
-                  "missed clean", "clips"]
+                  "missed clean", "clips", "classes"]
 
 
 def min_eps_rows(view: ReportView) -> list[list[str]]:
@@ -360,7 +360,8 @@ def min_eps_rows(view: ReportView) -> list[list[str]]:
                 cell = view.cell(e, c.id, name)
                 counts.append("" if cell is None else fmt_value(name, cell.value))
             clips = "" if _isnan(med.n_clips) else f"{med.n_clips:.0f}"
-            rows.append([e.label, c.id, fmt_value("min_eps_median", med.value), iqr, *counts, clips])
+            classes = "" if _isnan(med.n_classes) else f"{med.n_classes:.0f}"
+            rows.append([e.label, c.id, fmt_value("min_eps_median", med.value), iqr, *counts, clips, classes])
     return rows
 
 
@@ -397,10 +398,8 @@ def table_renderables(view: ReportView) -> list:
             style = "bold" if c.clean else ("red" if flag else None)
             clips = "" if cell is None or _isnan(cell.n_clips) else f"{cell.n_clips:.0f}"
             classes = "" if cell is None or _isnan(cell.n_classes) else f"{cell.n_classes:.0f}"
-            more = []
-            for m in extra:
-                mc = view.cell(e, c.id, m)
-                more.append("" if mc is None else fmt_value(m, mc.value) + (f" {fmt_ci(m, mc)}" if fmt_ci(m, mc) else ""))
+            # single-label metrics: value only here (the md and html tables give their intervals)
+            more = [fmt_value(m, mc.value) if (mc := view.cell(e, c.id, m)) is not None else "" for m in extra]
             cells = (e.label if j == 0 else "", condition_label(c), fmt_value("mAP", cell.value if cell else None),
                      fmt_ci("mAP", cell), a, r, *more, clips, classes, flag)
             # Text(), not str: model labels like "toy-cnn [run-a]" must not be read as rich markup.
