@@ -577,6 +577,7 @@ def hostile_plots(hostile_run):
     return all_plots(ReportView(collect_runs([hostile_run])))  # mathtext names must not raise here
 
 
+@pytest.mark.slow
 def test_hostile_names_render_inert_in_every_format(hostile_run, hostile_plots):
     from audiobench.report import collect_runs, render
     from audiobench.report.html import build_html
@@ -592,6 +593,7 @@ def test_hostile_names_render_inert_in_every_format(hostile_run, hostile_plots):
     assert SCRIPT in text and MACRO in text  # the terminal shows names as they are (rich Text, no markup)
 
 
+@pytest.mark.slow
 def test_every_plot_is_laid_out_without_overlap_or_clipping(run_a_plots, hostile_plots):
     """Crowded sweeps, long and hostile names, few classes: every figure's text stays apart and
     inside the figure (Plot.layout lists what does not); the standard report is checked as well."""
