@@ -14,8 +14,10 @@ from audiobench.metrics.bootstrap import (
     bootstrap_shift_summary,
     bootstrap_tagging,
     bootstrap_tagging_values,
+    d_prime_ci,
     percentile_ci,
     resample_counts,
+    weighted_quantiles,
 )
 from audiobench.metrics.tagging import tagging_metrics
 
@@ -147,3 +149,78 @@ def test_bootstrap_shift_summary_keys_and_containment():
     for k, (lo, hi) in ci.items():
         assert lo <= point[k] <= hi, k
     assert ci["kl_mean"] == pytest.approx(bootstrap_means({"kl": per["kl"]}, n_resamples=200, seed=2)["kl"], rel=1e-12)
+
+
+def test_bootstrap_shift_summary_medians_match_explicit_resampling():
+    from audiobench.metrics.shift import shift_statistics
+
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(40, 12))
+    y = x + rng.normal(size=(40, 12))
+    t = rng.random((40, 12)) < 0.2
+    per = shift_statistics(x, y, t)
+    counts = resample_counts(40, 60, seed=3)
+    ci = bootstrap_shift_summary(per, counts=counts)
+    for stat, summary, prob in (("kl", "median", 0.5), ("true_dp", "p90", 0.9)):
+        vals = []
+        for r in range(60):
+            v = np.repeat(per[stat], counts[:, r])
+            v = v[~np.isnan(v)]
+            vals.append(np.quantile(v, prob) if v.size else np.nan)
+        lo, hi = np.nanpercentile(vals, [2.5, 97.5])
+        assert ci[f"{stat}_{summary}"] == pytest.approx((lo, hi), abs=1e-12)
+
+
+def test_weighted_quantiles_equal_numpy_on_duplicated_data():
+    rng = np.random.default_rng(10)
+    v = np.round(rng.normal(size=200), 1)  # ties
+    v[[4, 50]] = np.nan
+    counts = resample_counts(200, 40, seed=1)
+    probs = (0.0, 0.25, 0.5, 0.9, 1.0)
+    q = weighted_quantiles(v, counts, probs)
+    for r in range(40):
+        d = np.repeat(v, counts[:, r])
+        d = d[~np.isnan(d)]
+        np.testing.assert_allclose(q[:, r], np.quantile(d, probs), rtol=0, atol=1e-13)
+    ones = np.ones((200, 1), dtype=np.uint8)
+    assert weighted_quantiles(v, ones, [0.5])[0, 0] == np.nanmedian(v)
+    assert np.isnan(weighted_quantiles(np.full(5, np.nan), np.ones((5, 2), np.uint8), [0.5])).all()
+    zero = np.zeros((3, 1), dtype=np.uint8)
+    assert np.isnan(weighted_quantiles(np.arange(3.0), zero, [0.5])[0, 0])
+
+
+def test_d_prime_interval_is_d_prime_of_the_mauc_interval_never_interpolated_inf():
+    from audiobench.metrics.tagging import d_prime
+
+    # 1000 resample mAUCs, the 25 largest exactly 1 (d' = inf): the 97.5th percentile lies between
+    # a finite value and 1, so the old rule (percentiles of d' itself) interpolated towards +inf
+    rng = np.random.default_rng(12)
+    mauc = np.r_[rng.uniform(0.98, 0.999, 975), np.ones(25)]
+    with np.errstate(invalid="ignore"):
+        old = percentile_ci(d_prime(mauc))
+    assert old[1] == math.inf
+    lo, hi = percentile_ci(mauc)
+    assert hi < 1.0 and d_prime_ci((lo, hi)) == (float(d_prime(lo)), float(d_prime(hi)))
+    assert math.isfinite(d_prime_ci((lo, hi))[1])
+    # an interval end at exactly mAUC 1: halfway to the data's largest mAUC below 1, unless the
+    # point estimate itself is 1 (then d' is +inf and so is the interval's end)
+    assert d_prime_ci((0.9, 1.0)) == (float(d_prime(0.9)), math.inf)
+    assert d_prime_ci((0.9, 1.0), resolution=0.002, point=0.99) == (float(d_prime(0.9)), float(d_prime(0.999)))
+    assert d_prime_ci((0.0, 0.4), resolution=0.002, point=0.2) == (float(d_prime(0.001)), float(d_prime(0.4)))
+    assert d_prime_ci((0.95, 1.0), resolution=0.002, point=1.0)[1] == math.inf
+    # bootstrap_tagging applies the same rule; a near-perfect tagger on few clips: many resamples
+    # rank every class perfectly (mAUC 1), the interval still ends at a finite d'
+    targets = rng.random((40, 3)) < 0.3
+    targets[0], targets[1] = True, False
+    scores = targets * 2.0 + rng.normal(0, 0.8, size=targets.shape)
+    ci = bootstrap_tagging(scores, targets, n_resamples=300, seed=0)
+    assert all(math.isfinite(v) for v in ci["d_prime"])
+    scores = targets * 5.0 + rng.normal(0, 0.5, size=targets.shape)
+    scores[2] = np.where(targets[2], 0.0, 5.0)  # clip 2 misranked in every class: mAUC < 1
+    point = tagging_metrics(scores, targets)["mAUC"]
+    ci = bootstrap_tagging(scores, targets, n_resamples=300, seed=0)
+    assert point < 1.0 and ci["mAUC"][1] == 1.0 and math.isfinite(ci["d_prime"][1])
+    from audiobench.metrics.tagging import mauc_resolution
+
+    assert ci["d_prime"][1] == float(d_prime(1.0 - mauc_resolution(targets) / 2))
+    assert ci["d_prime"][0] <= tagging_metrics(scores, targets)["d_prime"] <= ci["d_prime"][1]

@@ -173,9 +173,90 @@ def test_bad_shapes_raise():
         tagging_metrics(np.zeros((3, 4)), np.zeros((3, 5), bool))
 
 
-def test_every_results_format_metric_is_registered():
-    names = """mAP mAUC d_prime top1_hit_rate top5_hit_rate kl_mean js_mean entropy_delta_mean
+def test_registry_keeps_old_names_or_lists_them_as_retired():
+    """Every metrics.csv name of earlier versions is either still registered or listed, with what
+    to read instead, in CHANGED_NAMES (the docs/metrics.md table of renamed and retired names)."""
+    from audiobench.metrics.definitions import CHANGED_NAMES
+
+    old = """mAP mAUC d_prime top1_hit_rate top5_hit_rate kl_mean js_mean entropy_delta_mean
     top1_flip_rate top5_jaccard_mean spearman_mean abs_dp_mean true_label_drop_rate snr_db_mean
-    nonfinite_clips min_eps_median min_eps_q25 min_eps_q75""".split()
-    for n in names:
-        assert n in METRICS and METRICS.get(n)
+    nonfinite_clips bad_input_clips min_eps_median min_eps_q25 min_eps_q75""".split()
+    listed = {n.strip() for key in CHANGED_NAMES for n in key.split(",")}
+    for n in old:
+        assert n in METRICS or n in listed, n
+        if n not in METRICS:
+            assert n in listed, n
+    for n in ("entropy_delta_mean", "spearman_mean", "abs_dp_mean"):
+        assert n not in METRICS and n in listed  # retired deliberately
+    for n in ("kl_mean", "js_mean"):
+        assert n in METRICS and n in listed  # kept, with a changed (documented) definition
+
+
+# -- single-label data ------------------------------------------------------------------------------
+def _single_label_case(seed=0, n=60, c=8):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, c - 1, size=n)  # class c-1 is never a label
+    targets = np.zeros((n, c), dtype=bool)
+    targets[np.arange(n), labels] = True
+    scores = np.round(rng.normal(size=(n, c)) + 1.5 * targets, 1)
+    return scores, targets, labels
+
+
+def test_is_single_label():
+    from audiobench.metrics.tagging import is_single_label
+
+    assert is_single_label(np.eye(3, dtype=bool))
+    assert not is_single_label(np.array([[1, 1, 0], [0, 1, 0]], dtype=bool))
+    assert not is_single_label(np.array([[0, 0, 0], [0, 1, 0]], dtype=bool))
+    assert not is_single_label(np.zeros((0, 3), dtype=bool))
+
+
+def test_single_label_metrics_equal_sklearn():
+    from sklearn.metrics import accuracy_score, f1_score, top_k_accuracy_score
+
+    from audiobench.metrics.tagging import single_label_metrics
+
+    for seed in range(3):
+        scores, targets, labels = _single_label_case(seed)
+        m = single_label_metrics(scores, targets)
+        pred = np.argmax(scores, axis=1)
+        present = sorted(set(labels))
+        assert m["accuracy"] == pytest.approx(accuracy_score(labels, pred), abs=1e-15)
+        assert m["macro_f1"] == pytest.approx(f1_score(labels, pred, labels=present, average="macro",
+                                                       zero_division=0), abs=1e-12)
+        # distinct scores -> no tie question: top-5 accuracy is scikit-learn's
+        d = scores + np.arange(scores.shape[1]) * 1e-9
+        assert single_label_metrics(d, targets)["top5_accuracy"] == pytest.approx(
+            top_k_accuracy_score(labels, d, k=5, labels=np.arange(scores.shape[1])), abs=1e-15)
+
+
+def test_single_label_hand_computed():
+    from audiobench.metrics.tagging import single_label_metrics
+
+    # 3 classes; labels 0, 0, 1, 2; predictions (argmax) 0, 1, 1, 1
+    scores = np.array([[3.0, 1, 0], [1.0, 3, 0], [0.0, 3, 1], [0.0, 3, 1]])
+    targets = np.zeros((4, 3), dtype=bool)
+    targets[[0, 1, 2, 3], [0, 0, 1, 2]] = True
+    m = single_label_metrics(scores, targets)
+    assert m["accuracy"] == 0.5
+    # F1: class 0: TP 1, P 2, PP 1 -> 2/3; class 1: TP 1, P 1, PP 3 -> 1/2; class 2: 0
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
+    assert m["top5_accuracy"] == 1.0  # 3 classes: the label is always within the top 5
+    # argmax ties go to the lowest index (the documented decision rule)
+    tie = np.array([[1.0, 1.0, 0.0]])
+    assert single_label_metrics(tie, np.array([[False, True, False]]))["accuracy"] == 0.0
+
+
+def test_mauc_resolution_is_one_misordered_pair_in_the_largest_class():
+    from audiobench.metrics.tagging import mauc_resolution
+
+    t = np.zeros((10, 3), bool)
+    t[:2, 0] = True  # 2 x 8 pairs
+    t[:5, 1] = True  # 5 x 5 pairs (the most)
+    t[:, 2] = True  # no negative: not in the mAUC
+    assert mauc_resolution(t) == 1 / (2 * 25)
+    # the step it describes: swap one pair in class 1 of a perfect ranking
+    scores = t * 1.0 + np.linspace(0, 0.1, 10)[:, None]
+    scores[4, 1], scores[5, 1] = 0.5, 0.6  # positive 4 just below negative 5, all else in order
+    assert tagging_metrics(scores, t)["mAUC"] == pytest.approx(1 - mauc_resolution(t))
+    assert math.isnan(mauc_resolution(np.ones((3, 2), bool)))

@@ -14,6 +14,7 @@ from audiobench.perturb.attacks import APGD, FGSM, PGD, apgd, apgd_checkpoints, 
 from audiobench.perturb.base import AttackTrace
 from audiobench.perturb.feature import FeatureGaussian, FeaturePGD
 from audiobench.perturb.grid import expand_grid, parse_levels
+from audiobench.metrics.definitions import MIN_EPS_MISSED_CLEAN
 from audiobench.perturb.min_eps import MinEps, labels_in_topk
 from audiobench.perturb.universal import Universal
 from perturb_helpers import one_thread, LinearTagger, TinyConvTagger, rng_for, targets_for, waves
@@ -298,7 +299,8 @@ def test_min_eps_bisection():
     t2[1] = torch.tensor([False, True, False])
     tr2 = AttackTrace()
     p(x[:2], model=m, targets=t2[:2], rng=rng_for(range(2)), trace=tr2)
-    assert math.isnan(tr2.per_clip["min_eps"][0]) and tr2.per_clip["min_eps"][1] == 0.0
+    # no label: NaN; a label already out of the top-k clean: recorded apart from every eps (-1)
+    assert math.isnan(tr2.per_clip["min_eps"][0]) and tr2.per_clip["min_eps"][1] == MIN_EPS_MISSED_CLEAN
     assert tr2.per_clip["bad_grad_steps"] == [0.0, 0.0] and tr2.n_clips == 0
 
 

@@ -9,7 +9,10 @@ no negative, NaN rows) for counter-examples to the invariants:
   included) is invariant to the order of the clips, and per-clip columns move with their clip;
 * d′ is strictly increasing in mAUC (and antisymmetric about AUC 0.5);
 * per-class AP/AUC equal scikit-learn, and mAP/mAUC are their means over the defined classes;
-* AP, AUC and top-k hits depend on the scores' order only (the engine scores sigmoid(logits)).
+* AP, AUC and top-k hits depend on the scores' order only (the engine scores sigmoid(logits));
+* the per-clip shift statistics stay in their documented ranges (JS <= 1 bit, clipped KL, rank
+  correlations in [-1, 1], fractions in [0, 1]) and vanish for identical outputs;
+* a bootstrap median / percentile is the quantile of the duplicated clips it weights.
 """
 
 from __future__ import annotations
@@ -149,3 +152,50 @@ def test_top_k_hits_equal_argsort_on_distinct_scores(n, c, k, seed):
         else:
             top = np.argsort(-scores[i])[:k]
             assert hits[i] == float(targets[i, top].any())
+
+
+@SETTINGS
+@given(case=tagging_case(nan_rows=False), noise=st.sampled_from([0.0, 0.5, 3.0, 40.0]))
+def test_shift_statistics_stay_in_their_documented_ranges(case, noise):
+    """JS in [0, 1] bit, KL in [0, ~16.1] nats (clipped probabilities), correlations in [-1, 1],
+    fractions in [0, 1]; identical outputs give no shift."""
+    from audiobench.metrics.shift import shift_statistics
+
+    clean, targets, seed = case
+    rng = np.random.default_rng(seed)
+    pert = clean + noise * rng.integers(-3, 4, size=clean.shape)
+    s = shift_statistics(clean, pert, targets)
+
+    def within(name, lo, hi):
+        v = s[name][~np.isnan(s[name])]
+        assert np.all((v >= lo) & (v <= hi)), (name, v)
+
+    within("js", 0.0, 1.0)
+    within("kl", 0.0, 16.2)
+    for name in ("top10_spearman", "top10_kendall"):
+        within(name, -1.0, 1.0)
+    for name in ("top5_jaccard", "top1_retention", "top5_retention", "true_label_drop", "brier"):
+        within(name, 0.0, 1.0)
+    within("false_alarm_new", 0, clean.shape[1])
+    same = shift_statistics(clean, clean, targets)
+    for name in ("kl", "js", "false_alarm_new", "max_score_change"):
+        assert np.all(same[name] == 0), name
+    labelled = targets.any(axis=1)
+    assert np.all(same["true_rank_change"][labelled] == 0) and np.isnan(same["true_rank_change"][~labelled]).all()
+
+
+@SETTINGS
+@given(n=st.integers(1, 30), r=st.integers(1, 6), seed=st.integers(0, 2**31 - 1),
+       prob=st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.9, 1.0]))
+def test_weighted_quantile_is_the_quantile_of_the_duplicated_clips(n, r, seed, prob):
+    from audiobench.metrics.bootstrap import weighted_quantiles
+
+    rng = np.random.default_rng(seed)
+    v = rng.integers(-3, 4, size=n).astype(np.float64)  # ties
+    v[rng.random(n) < 0.2] = np.nan
+    counts = rng.integers(0, 3, size=(n, r)).astype(np.uint8)
+    q = weighted_quantiles(v, counts, [prob])[0]
+    for k in range(r):
+        d = np.repeat(v, counts[:, k])
+        d = d[~np.isnan(d)]
+        assert (math.isnan(q[k]) and not d.size) or abs(q[k] - np.quantile(d, prob)) < 1e-12

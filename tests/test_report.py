@@ -85,21 +85,38 @@ def make_run_folder(
     data_name: str = "toy",
     complete: bool = True,
     save_audio: int = 2,
+    conditions=CONDITIONS,
+    single_label: bool = False,
+    n_classes: int = None,
+    class_names=None,
 ) -> Path:
-    """Write every file of the results format for a seeded synthetic run; returns the folder."""
+    """Write every file of the results format for a seeded synthetic run; returns the folder.
+
+    ``single_label``: one true label per clip (accuracy and macro F1 appear); ``n_classes``: labels
+    drawn from the first n classes only (the others have no positive clip)."""
     from scipy.special import expit
-    from scipy.stats import norm, spearmanr
+    from scipy.stats import norm
+
+    from audiobench.metrics.condition import MIN_EPS_MISSED_CLEAN, PER_CLIP_SHIFT, condition_metrics, min_eps_summary
 
     rng = np.random.default_rng(seed)
     folder = Path(root) / run_id
     folder.mkdir(parents=True)
     # One id starts with '-' as real AudioSet ids can (URL quoting of audio links).
     clip_ids = np.array([f"{clip_prefix}{i:03d}" for i in range(n_clips - 1)] + [f"-{clip_prefix}x"])
-    targets = rng.random((n_clips, N_CLASSES)) < 0.03
-    targets[np.arange(n_clips), rng.integers(0, N_CLASSES, n_clips)] = True
+    k = N_CLASSES if n_classes is None else n_classes
+    targets = np.zeros((n_clips, N_CLASSES), dtype=bool)
+    if not single_label:
+        targets[:, :k] = rng.random((n_clips, k)) < 0.03
+    targets[np.arange(n_clips), rng.integers(0, k, n_clips)] = True
+    if single_label:
+        targets[:, 5] = False
+        targets[~targets.any(axis=1), 6] = True
     targets[:, 5] = False  # a class with no positives
     names = [f"class {i}" for i in range(N_CLASSES)]
     names[:4] = ["Speech", "Music", "Dog", "Hammer"]
+    for i, name in enumerate(class_names or []):
+        names[i] = name
     clip_list_hash = hashlib.sha256("\n".join(clip_ids).encode()).hexdigest()
     vocab_hash = hashlib.sha256("\n".join(names).encode()).hexdigest()
 
@@ -111,7 +128,7 @@ def make_run_folder(
         clean_p = expit(clean_logits)
         clean_ap = _ap_per_class(clean_logits, targets)
         trust[model], timings[model] = {}, {}
-        for cid, pert, param, level, strength in CONDITIONS:
+        for cid, pert, param, level, strength in conditions:
             logits = (clean_logits + strength * rng.normal(0, 1, targets.shape) - 0.3 * strength * targets
                       ).astype(np.float32)
             p = expit(logits)
@@ -130,16 +147,8 @@ def make_run_folder(
             row("d_prime", float(np.sqrt(2) * norm.ppf(mAUC)))
             top1 = np.argmax(p, 1)
             top5 = np.argsort(-p, 1)[:, :5]
-            c_top1, c_top5 = np.argmax(clean_p, 1), np.argsort(-clean_p, 1)[:, :5]
             row("top1_hit_rate", float(targets[np.arange(n_clips), top1].mean()))
             row("top5_hit_rate", float(np.take_along_axis(targets, top5, 1).any(1).mean()))
-            eps = 1e-7
-            kl = (clean_p * np.log((clean_p + eps) / (p + eps))
-                  + (1 - clean_p) * np.log((1 - clean_p + eps) / (1 - p + eps))).sum(1)
-            flip = (top1 != c_top1).astype(float)
-            jac = np.array([len(set(a) & set(b)) / len(set(a) | set(b)) for a, b in zip(top5, c_top5)])
-            sp = np.array([spearmanr(a, b)[0] for a, b in zip(p, clean_p)])
-            absdp = np.abs(p - clean_p).mean(1)
             if cid == "none":
                 snr = np.full(n_clips, np.nan)
             elif pert == "gaussian":
@@ -149,26 +158,24 @@ def make_run_folder(
             min_eps = np.full(n_clips, np.nan)
             if pert == "min-eps":
                 min_eps = np.exp(rng.normal(np.log(0.002 * (1 + mi)), 0.5, n_clips))
-                row("min_eps_median", float(np.median(min_eps)))
-                row("min_eps_q25", float(np.quantile(min_eps, 0.25)))
-                row("min_eps_q75", float(np.quantile(min_eps, 0.75)))
-            for name, vals in (("kl_mean", kl), ("js_mean", kl / 10), ("entropy_delta_mean", kl / 100),
-                               ("top1_flip_rate", flip), ("top5_jaccard_mean", jac), ("spearman_mean", sp),
-                               ("abs_dp_mean", absdp), ("true_label_drop_rate", flip / 2)):
-                if cid == "none":
-                    row(name, float(vals.mean()), float(vals.mean()), float(vals.mean()))
-                else:
-                    means = [vals[rng.integers(0, n_clips, n_clips)].mean() for _ in range(20)]
-                    row(name, float(vals.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975)))
+                min_eps[:2] = MIN_EPS_MISSED_CLEAN  # no true label in the top 5 already clean
+                min_eps[2] = np.inf  # not broken at eps_max
+                for name, value in min_eps_summary(min_eps).items():
+                    row(name, value)
+            # every other registered metric of a condition (shift statistics with their medians,
+            # calibration), computed as the aggregator does, so this folder follows the registry
+            res = condition_metrics(clean_logits, logits, targets, n_boot=20, seed=seed, valid=np.ones(n_clips, bool))
+            for name, r in res["rows"].items():
+                if name not in {"mAP", "mAUC", "d_prime", "top1_hit_rate", "top5_hit_rate"}:
+                    row(name, r["value"], r.get("ci_low", float("nan")), r.get("ci_high", float("nan")))
             row("snr_db_mean", float(np.nanmean(snr)) if cid != "none" else float("nan"))
-            row("nonfinite_clips", 0.0)
+            row("bad_input_clips", 0.0)
             for i, clip in enumerate(clip_ids):
                 per_clip.append({**base, "clip_id": clip, "snr_db": snr[i], "linf": 0.001 * strength,
                                  "l2": 0.05 * strength, "top1_hit": bool(targets[i, top1[i]]),
-                                 "top5_hit": bool(targets[i, top5[i]].any()), "kl": kl[i], "js": kl[i] / 10,
-                                 "entropy_delta": kl[i] / 100, "top1_flip": bool(flip[i]),
-                                 "top5_jaccard": jac[i], "spearman": sp[i], "abs_dp": absdp[i],
-                                 "true_label_drop": flip[i] / 2, "nonfinite": False, "min_eps": min_eps[i]})
+                                 "top5_hit": bool(targets[i, top5[i]].any()),
+                                 **{k: res["per_clip"][k][i] for k in PER_CLIP_SHIFT},
+                                 "nonfinite": False, "bad_input": False, "min_eps": min_eps[i]})
             for k in range(N_CLASSES):
                 for metric, value in (("AP", ap[k]), ("AUC", auc[k])) + (
                         (("delta_AP", ap[k] - clean_ap[k]),) if cid != "none" else ()):
@@ -182,7 +189,7 @@ def make_run_folder(
             if pert in ("pgd", "min-eps"):
                 trust[model][cid] = {"suspect": suspect, "reasons": [SUSPECT_REASON] if suspect else [],
                                      "loss_per_step": [0.5, 0.6, 0.7], "bad_grad_fraction": 0.0}
-            if save_audio and cid != "min-eps:eps_max=0.01":
+            if save_audio and pert != "min-eps":
                 import soundfile as sf
 
                 # File-safe folder names, as the engine writes them ("pgd:eps=0.002" -> "pgd_eps=0.002").
@@ -201,11 +208,12 @@ def make_run_folder(
         "git_commit": "0123456789abcdef", "device": "cpu", "precision": "fp32", "seed": seed,
         "data": {"name": data_name, "manifest": f"{data_name}.json", "manifest_sha256": "ab" * 32,
                  "clip_list_hash": clip_list_hash, "vocab_hash": vocab_hash, "n_clips": n_clips,
+                 "vocab_size": N_CLASSES,
                  "sample_rate": 16000, "clip_seconds": 10.0},
         "models": {m: {"spec": {"family": "cnn"}, "checkpoint": None, "checkpoint_sha256": None} for m in models},
         "conditions": [{"id": cid, "perturbation": pert, "param": param, "level": None if cid == "none" else level,
                         "params": {param: level} if param else {}, "comparable_across_models": True}
-                       for cid, pert, param, level, _ in CONDITIONS],
+                       for cid, pert, param, level, _ in conditions],
         "timings": timings, "trust": trust, "vocab": {"names": names},
         "start_time": "2025-01-01T00:00:00Z", "end_time": "2025-01-01T00:01:00Z",
     }
@@ -413,9 +421,14 @@ def test_md_has_expected_cells(run_a):
     from audiobench.report import collect_runs, render
 
     md = render(collect_runs([run_a]), "md")
-    assert "| condition | toy-cnn | toy-ast |" in md
-    for metric in ("mAP", "mAUC", "d′", "mean Bernoulli KL", "top-1 flip rate", "mean Spearman"):
-        assert f"## {metric}" in md
+    n_cls = int(_value(run_a, "toy-cnn", "none", "mAP").n_classes)
+    assert f"| condition | toy-cnn (30 clips, {n_cls} classes) | toy-ast (30 clips, {n_cls} classes) |" in md
+    for metric in ("## mAP", "## mAUC", "## d′", "### Bernoulli KL(clean ‖ perturbed) (mean over clips)",
+                   "### top-1 flip", "### Spearman ρ over top-10 union (mean over clips)",
+                   "### true-label rank change (mean over clips)", "### multi-label ECE"):
+        assert metric in md, metric
+    # the toy data set is not AudioSet eval: the mAP heading says what the mAP is over
+    assert f"## mAP (mAP over {n_cls} classes present in 30 clips of toy; not comparable to AudioSet eval mAP)" in md
     clean = _value(run_a, "toy-ast", "none", "mAP")
     v = _value(run_a, "toy-ast", "gaussian:snr_db=20", "mAP")
     d = v.value - clean.value
@@ -426,6 +439,10 @@ def test_md_has_expected_cells(run_a):
     assert f"{s.value:.3f} [{s.ci_low:.3f}, {s.ci_high:.3f}] ⚠" in md
     med = _value(run_a, "toy-cnn", "min-eps:eps_max=0.01", "min_eps_median")
     assert f"| toy-cnn | min-eps:eps_max=0.01 | {med.value:.3g} |" in md
+    assert ("| model | condition | median | IQR [q25, q75] | attacked clips | unreachable (∞) | missed clean | clips "
+            "| classes |") in md
+    row = next(ln for ln in md.splitlines() if ln.startswith("| toy-cnn | min-eps:eps_max=0.01 |"))
+    assert row.endswith(f"| 28 | 1 | 2 | 30 | {n_cls} |")  # 2 clips missed clean, 1 unreachable (make_run_folder)
     assert f"toy-ast / `pgd:eps=0.001`: {SUSPECT_REASON}" in md
 
 
@@ -446,16 +463,27 @@ def test_same_model_in_two_runs_gets_run_labels(run_a, run_b_same_data):
     from audiobench.report import collect_runs, render
 
     md = render(collect_runs([run_a, run_b_same_data]), "md")
-    assert "| condition | toy-cnn [run-a] | toy-ast | toy-cnn [run-b] |" in md
+    header = next(ln for ln in md.splitlines() if ln.startswith("| condition |"))
+    labels = [cell.split(" (")[0] for cell in header.strip("| ").split(" | ")]
+    assert labels == ["condition", "toy-cnn [run-a]", "toy-ast", "toy-cnn [run-b]"]
 
 
 # -- HTML -----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def html_report(run_a, tmp_path_factory):
+def run_a_plots(run_a):
+    from audiobench.report import collect_runs
+    from audiobench.report.plots import all_plots
+    from audiobench.report.tables import ReportView
+
+    return all_plots(ReportView(collect_runs([run_a])))
+
+
+@pytest.fixture(scope="module")
+def html_report(run_a, run_a_plots, tmp_path_factory):
     from audiobench.report import collect_runs, render_html
 
     out = tmp_path_factory.mktemp("html") / "site" / "report.html"
-    html_path, pngs = render_html(collect_runs([run_a]), out)
+    html_path, pngs = render_html(collect_runs([run_a]), out, plots=run_a_plots)
     return html_path, pngs
 
 
@@ -517,6 +545,230 @@ def test_delta_ap_uses_strongest_condition_and_20_classes(run_a):
         assert np.allclose(sorted(least.value), np.sort(d.value.to_numpy())[:20])
         assert np.allclose(sorted(most.value), np.sort(d.value.to_numpy())[-20:])
         assert 5 not in set(least.class_index) | set(most.class_index)  # class without positives
+
+
+# -- what the tables say about the numbers (issue 14) ----------------------------------------------
+MACRO = "$\\undefinedmacro$"  # matplotlib mathtext: unescaped, drawing it raises
+SCRIPT = "<script>alert(1)</script>"
+CROWDED = (("none", "none", "", float("nan"), 0.0),
+           ("gaussian:snr_db=20", "gaussian", "snr_db", 20.0, 0.8),  # one level: drawn as a bar
+           (f"impulse/{MACRO}", "impulse", "", float("nan"), 1.5),  # no numeric level: a bar too
+           *((f"occlusion/{MACRO}-long-variant-name:period_s={p}", "occlusion", "period_s", p, 1.0)
+             for p in (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8)),
+           ("min-eps:eps_max=0.01", "min-eps", "eps_max", 0.01, 5.0))
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory) -> Path:
+    """Model, condition and class names that matplotlib and markdown would interpret, ten levels of
+    one sweep, single-level conditions and only 11 classes with a positive (ΔAP panels must split)."""
+    root = tmp_path_factory.mktemp("hostile")
+    return make_run_folder(root, "run-h", models=(f"{MACRO} model with a rather long name", SCRIPT),
+                           conditions=CROWDED, n_classes=12, save_audio=1, n_clips=20,
+                           class_names=[f"{MACRO} a class name long enough to be shortened", SCRIPT])
+
+
+@pytest.fixture(scope="module")
+def hostile_plots(hostile_run):
+    from audiobench.report import collect_runs
+    from audiobench.report.plots import all_plots
+    from audiobench.report.tables import ReportView
+
+    return all_plots(ReportView(collect_runs([hostile_run])))  # mathtext names must not raise here
+
+
+@pytest.mark.slow
+def test_hostile_names_render_inert_in_every_format(hostile_run, hostile_plots):
+    from audiobench.report import collect_runs, render
+    from audiobench.report.html import build_html
+
+    runs = collect_runs([hostile_run])
+    md = render(runs, "md")
+    assert "<script" not in md and "&lt;script&gt;alert(1)&lt;/script&gt;" in md
+    assert "](" not in md.replace("] (", "")  # no markdown link syntax produced from names
+    html = build_html(runs, hostile_plots, base_dir=hostile_run.parent, assets_url="report_files")
+    assert "<script" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert len(re.findall(r"<img\b", html)) == len(hostile_plots) >= 6
+    text = render(runs, "table", width=200)
+    assert SCRIPT in text and MACRO in text  # the terminal shows names as they are (rich Text, no markup)
+
+
+@pytest.mark.slow
+def test_every_plot_is_laid_out_without_overlap_or_clipping(run_a_plots, hostile_plots):
+    """Crowded sweeps, long and hostile names, few classes: every figure's text stays apart and
+    inside the figure (Plot.layout lists what does not); the standard report is checked as well."""
+    names = {p.name for p in hostile_plots}
+    assert "single-level" in names and any(n.startswith("curve-occlusion") for n in names)
+    for p in hostile_plots:
+        assert p.layout == (), (p.name, p.layout)
+    for p in run_a_plots:
+        assert p.layout == (), (p.name, p.layout)
+
+
+def test_curves_start_from_the_clean_point(run_a):
+    from audiobench.report import collect_runs
+    from audiobench.report.plots import curve_figure, sweep_groups
+    from audiobench.report.tables import ReportView
+
+    view = ReportView(collect_runs([run_a]))
+    for pert, param, conds in sweep_groups(view):
+        fig = curve_figure(view, pert, param, conds)
+        ax = fig.axes[0]
+        fig.draw_without_rendering()
+        assert [t.get_text() for t in ax.get_xticklabels()][0] == "clean"
+        clean_x = ax.get_xticks()[0]
+        points = [ln for ln in ax.get_lines() if ln.get_gid() == "clean-point"]
+        assert len(points) == len(view.entries)
+        for e, ln in zip(view.entries, points):
+            assert ln.get_xdata()[0] == clean_x
+            assert ln.get_ydata()[0] == pytest.approx(_value(run_a, e.model, "none", "mAP").value)
+        levels = sorted(c.level for c in conds)
+        mild = levels[-1] if "snr" in param else levels[0]
+        assert (clean_x > mild) if "snr" in param else (clean_x < mild)  # beyond the mild end
+
+
+def test_single_level_conditions_are_labelled_bars(hostile_run):
+    from matplotlib.patches import Rectangle
+
+    from audiobench.report import collect_runs
+    from audiobench.report.plots import single_level_conditions, single_level_figure
+    from audiobench.report.tables import ReportView
+
+    view = ReportView(collect_runs([hostile_run]))
+    assert [c.id for c in single_level_conditions(view)] == ["gaussian:snr_db=20", f"impulse/{MACRO}"]
+    fig = single_level_figure(view)
+    ax = fig.axes[0]
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks == ["clean", "gaussian:snr_db=20", "impulse/\\$\\undefinedmacro\\$"]  # $ escaped for matplotlib
+    bars = [p for p in ax.patches if isinstance(p, Rectangle) and p.get_height() > 0]
+    assert len(bars) == 3 * 2  # 3 categories x 2 models
+    labels = {t.get_text() for t in ax.texts}
+    v = _value(hostile_run, "<script>alert(1)</script>", "gaussian:snr_db=20", "mAP").value
+    assert f"{v:.3f}" in labels  # each bar carries its value
+
+
+def test_delta_ap_panels_never_show_a_class_twice(hostile_run):
+    from audiobench.report import collect_runs
+    from audiobench.report.plots import delta_ap_extremes
+    from audiobench.report.tables import ReportView
+
+    view = ReportView(collect_runs([hostile_run]))
+    pc = pd.read_csv(hostile_run / "per_class.csv")
+    for e in view.entries:
+        cond, least, most = delta_ap_extremes(view, e)
+        d = pc[(pc.model == e.model) & (pc.condition == cond) & (pc.metric == "delta_AP")].dropna(subset=["value"])
+        assert 5 < len(d) < 2 * 20  # fewer classes with a positive than the two panels could hold
+        assert not set(least.class_index) & set(most.class_index)
+        assert set(least.class_index) | set(most.class_index) == set(d.class_index)  # split in halves
+        assert (len(least), len(most)) == ((len(d) + 1) // 2, len(d) // 2)
+        assert least.value.max() <= most.value.min()
+
+
+def _table_headers(md: str) -> list[list[str]]:
+    lines = md.splitlines()
+    return [ln.strip("| ").split(" | ") for ln, nxt in zip(lines, lines[1:]) if nxt.startswith("|---")]
+
+
+def test_every_table_column_has_a_header_with_counts(run_a):
+    from rich.table import Table
+
+    from audiobench.report import collect_runs, render
+    from audiobench.report.html import build_html
+    from audiobench.report.tables import ReportView, table_renderables
+
+    runs = collect_runs([run_a])
+    md = render(runs, "md")
+    n_cls = int(_value(run_a, "toy-cnn", "none", "mAP").n_classes)
+    headers = _table_headers(md)
+    assert len(headers) > 20
+    for h in headers:
+        assert all(cell.strip() for cell in h), h
+        if h[0] == "condition":  # a metric table: every model column gives its clips and classes
+            assert all(c.endswith(f"(30 clips, {n_cls} classes)") for c in h[1:]), h
+    for t in table_renderables(ReportView(runs)):
+        if isinstance(t, Table):
+            assert all(str(col.header).strip() for col in t.columns), [str(c.header) for c in t.columns]
+    html = build_html(runs, [], base_dir=run_a.parent, assets_url="x")
+    assert not re.search(r"<th[^>]*>\s*</th>", html)
+    assert f"toy-cnn (30 clips, {n_cls} classes)</th>" in html
+
+
+def test_map_says_when_it_is_not_audioset_eval_map(run_a, tmp_path):
+    from audiobench.report import collect_runs
+    from audiobench.report.tables import ReportView, map_note
+
+    assert "not comparable to AudioSet eval mAP" in map_note(ReportView(collect_runs([run_a])))
+    run = _copy_run(run_a, tmp_path, "run-a")
+    info = json.loads((run / "run.json").read_text())
+    info["data"].update(name="audioset-eval", used_clip_list_hash=info["data"]["clip_list_hash"])
+    (run / "run.json").write_text(json.dumps(info))
+    assert map_note(ReportView(collect_runs([run]))) is None  # the whole eval set: comparable
+    info["data"]["used_clip_list_hash"] = "0" * 64  # run with --limit
+    (run / "run.json").write_text(json.dumps(info))
+    note = map_note(ReportView(collect_runs([run])))
+    assert "audioset-eval (a subset)" in note and "not comparable" in note
+
+
+def test_median_is_shown_where_it_disagrees_with_the_mean(run_a, tmp_path):
+    from audiobench.report import collect_runs, render
+
+    run = _copy_run(run_a, tmp_path, "run-a")
+    m = _metrics(run)
+    sel = (m.model == "toy-cnn") & (m.condition == "pgd:eps=0.002")
+    med = float(m.loc[sel & (m.metric == "kl_median"), "value"].iloc[0])
+    m.loc[sel & (m.metric == "kl_mean"), "value"] = 10 * med  # one clip dominating the mean
+    m.loc[sel & (m.metric == "kl_mean"), ["ci_low", "ci_high"]] = [5 * med, 20 * med]
+    m.to_csv(run / "metrics.csv", index=False)
+    md = render(collect_runs([run]), "md")
+    table = md.split("### Bernoulli KL(clean ‖ perturbed) (mean over clips)")[1].split("###")[0]
+    row = next(ln for ln in table.splitlines() if ln.startswith("| pgd:eps=0.002 |"))
+    assert f"· median {med:.4g}" in row.split(" | ")[1]
+    assert "· median" not in row.split(" | ")[2]  # toy-ast's mean and median agree
+    others = [ln for ln in table.splitlines() if ln.startswith("| gaussian")]
+    assert others and not any("median" in ln for ln in others)
+
+
+def test_cell_over_fewer_clips_says_so(run_a, tmp_path):
+    from audiobench.report import collect_runs, render
+
+    run = _copy_run(run_a, tmp_path, "run-a")
+    m = _metrics(run)
+    m.loc[(m.model == "toy-ast") & (m.condition == "pgd:eps=0.002"), "n_clips"] = 28
+    m.to_csv(run / "metrics.csv", index=False)
+    md = render(collect_runs([run]), "md")
+    row = next(ln for ln in md.splitlines() if ln.startswith("| pgd:eps=0.002 |"))
+    assert row.rstrip(" |").endswith("n=28") and "n=" not in row.split(" | ")[1]
+
+
+def test_single_label_runs_show_accuracy_and_macro_f1(run_a, tmp_path):
+    from audiobench.report import collect_runs, render
+    from audiobench.report.html import build_html
+
+    run = make_run_folder(tmp_path, "run-s", single_label=True, save_audio=0, models=("toy-cnn",),
+                          conditions=CONDITIONS[:1] + CONDITIONS[5:6])
+    m = _metrics(run)
+    assert {"accuracy", "top5_accuracy", "macro_f1"} <= set(m.metric)
+    acc = _value(run, "toy-cnn", "pgd:eps=0.002", "accuracy")
+    runs = collect_runs([run])
+    md = render(runs, "md")
+    for heading in ("## accuracy", "## top-5 accuracy", "## macro F1"):
+        assert heading in md
+    assert f"{acc.value:.3f} [{acc.ci_low:.3f}, {acc.ci_high:.3f}]" in md
+    text = render(runs, "table", width=220)
+    assert "accuracy" in text and "macro F1" in text and f"{acc.value:.3f}" in text
+    html = build_html(runs, [], base_dir=tmp_path, assets_url="x")
+    assert "<h3>accuracy</h3>" in html and "<h3>macro F1</h3>" in html
+    assert "accuracy" not in set(_metrics(run_a).metric)  # multi-label data keeps its metrics
+
+
+def test_markdown_text_is_inert():
+    from audiobench.report.tables import md_code, md_text
+
+    assert md_text("a|b\nc") == "a\\|b c"
+    assert md_text("[x](javascript:alert(1))") == "[x]\\(javascript:alert(1))"
+    assert md_text("<img src=x onerror=alert(1)> & `code`") == "&lt;img src=x onerror=alert(1)&gt; &amp; \\`code\\`"
+    assert md_text("back\\slash|") == "back\\\\slash\\|"
+    assert md_code("pgd:eps=0.001") == "`pgd:eps=0.001`" and md_code("a`b") == "`` a`b ``"
 
 
 def _chromium() -> str | None:

@@ -1,37 +1,47 @@
-"""Metrics: tagging quality (mAP, mAUC, d′, top-k), output-shift statistics, bootstrap CIs.
+"""Metrics: tagging quality (mAP, mAUC, d′, top-k, ECE; accuracy and macro F1 on single-label data),
+per-clip output-shift statistics and their robust summaries, bootstrap CIs.
 
-``METRICS`` maps each metric name written to ``metrics.csv`` to a one-line description.
+``METRICS`` maps each row name of ``metrics.csv`` to its :class:`~audiobench.metrics.definitions.Metric`
+(description, units, formula, kind, the data it applies to). It is the list the aggregator computes:
+:func:`audiobench.metrics.condition.condition_metrics` emits exactly its ``condition`` and
+``per-clip`` entries. A module that computes run-level summaries elsewhere registers them here with
+:func:`register_metric` (kind ``suite``). Importing this package loads no numeric code, so
+``audiobench list metrics`` stays instant.
 """
 
 from __future__ import annotations
 
+from audiobench.metrics.definitions import (
+    ALL,
+    CONDITION,
+    METRIC_LIST,
+    MIN_EPS,
+    MULTI_LABEL,
+    PER_CLIP,
+    PERTURBATION,
+    SINGLE_LABEL,
+    STATISTICS,
+    SUITE,
+    Metric,
+    Statistic,
+)
 from audiobench.registry import Registry
 
-METRICS: Registry[str] = Registry("metric")
+__all__ = [
+    "METRICS", "STATISTICS", "Metric", "Statistic", "register_metric",
+    "ALL", "MULTI_LABEL", "SINGLE_LABEL", "CONDITION", "PER_CLIP", "MIN_EPS", "PERTURBATION", "SUITE",
+]
 
-# Condition-level metrics written to metrics.csv (name -> one-line description). Registered here,
-# without importing the numeric modules, so `audiobench list metrics` stays instant.
-_DESCRIPTIONS = {
-    "mAP": "mean over classes with >= 1 positive of average precision (scikit-learn AP, ties grouped)",
-    "mAUC": "mean over classes with >= 1 positive and >= 1 negative of ROC AUC (ties count 1/2)",
-    "d_prime": "sqrt(2) * Phi^-1(mAUC): AUC as a Gaussian sensitivity index",
-    "top1_hit_rate": "fraction of labelled clips whose top-scored class is a true label (ties count against)",
-    "top5_hit_rate": "fraction of labelled clips with a true label among the 5 top-scored classes",
-    "kl_mean": "mean over clips of sum over classes of Bernoulli KL(p_clean || p_perturbed), nats",
-    "js_mean": "mean over clips of the Jensen-Shannon divergence of the sum-normalised score vectors, nats",
-    "entropy_delta_mean": "mean over clips of the change (perturbed - clean) of mean per-class binary entropy, nats",
-    "top1_flip_rate": "fraction of clips whose top-scored class changed under the perturbation",
-    "top5_jaccard_mean": "mean over clips of the Jaccard overlap of clean and perturbed top-5 class sets",
-    "spearman_mean": "mean over clips of the Spearman rank correlation of clean and perturbed scores",
-    "abs_dp_mean": "mean over clips and classes of |p_perturbed - p_clean|",
-    "true_label_drop_rate": "mean over clips of the fraction of true labels scored >= 0.5 clean that fell below 0.5",
-    "snr_db_mean": "mean over clips of the realised SNR of the perturbation, dB (clean signal / added change)",
-    "nonfinite_clips": "number of clips with a NaN or infinite logit (excluded from the other metrics)",
-    "bad_input_clips": "clips left out by --on-bad-clip skip (NaN/inf or out-of-range input samples)",
-    "min_eps_median": "median over clips of the smallest linf eps removing every true label from the top 5",
-    "min_eps_q25": "25th percentile over clips of the min-eps (smallest deactivating linf eps)",
-    "min_eps_q75": "75th percentile over clips of the min-eps (smallest deactivating linf eps)",
-}
-for _name, _text in _DESCRIPTIONS.items():
-    METRICS.register(_name, _text)
-del _name, _text
+METRICS: Registry[Metric] = Registry("metric")
+
+
+def register_metric(metric: Metric) -> Metric:
+    """Add ``metric`` to :data:`METRICS` (its ``name`` is the key; a duplicate name is an error)."""
+    if not isinstance(metric, Metric):
+        raise TypeError(f"register_metric expects a Metric, got {type(metric).__name__}")
+    return METRICS.register(metric.name, metric)
+
+
+for _m in METRIC_LIST:
+    register_metric(_m)
+del _m

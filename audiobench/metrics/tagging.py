@@ -29,10 +29,17 @@ __all__ = [
     "roc_auc_per_class",
     "ap_auc_per_class",
     "d_prime",
+    "mauc_resolution",
     "finite_clips",
     "top_k_hits",
     "tagging_per_clip",
     "tagging_metrics",
+    "is_single_label",
+    "argmax_predictions",
+    "single_label_correct",
+    "f1_counts",
+    "macro_f1_from_counts",
+    "single_label_metrics",
 ]
 
 
@@ -85,6 +92,19 @@ def d_prime(auc) -> np.ndarray | float:
     """d′ = √2 · Φ⁻¹(AUC) (equal-variance Gaussian model); ±inf at AUC 1 / 0, NaN for NaN."""
     out = math.sqrt(2.0) * norm.ppf(np.asarray(auc, dtype=np.float64))
     return float(out) if np.ndim(out) == 0 else out
+
+
+def mauc_resolution(targets) -> float:
+    """The smallest step of the mAUC below 1 on these clips: one misordered (positive, negative)
+    pair in the class with the most pairs, 1 / (K · max_c P_c·N_c) over the K classes that have a
+    positive and a negative clip; NaN when there is none."""
+    t = np.asarray(targets, dtype=bool)
+    pos = t.sum(axis=0).astype(np.float64)
+    neg = t.shape[0] - pos
+    both = (pos > 0) & (neg > 0)
+    if not both.any():
+        return math.nan
+    return float(1.0 / (both.sum() * (pos[both] * neg[both]).max()))
 
 
 def top_k_hits(scores, targets, k: int) -> np.ndarray:
@@ -175,4 +195,67 @@ def tagging_metrics(scores, targets) -> Dict[str, float]:
         "n_classes_auc": int((~np.isnan(auc)).sum()),
         "n_labelled_clips": n_lab,
         "nonfinite_clips": int((~keep).sum()),
+    }
+
+
+# -- single-label data (every clip has exactly one true label) ---------------------------------------
+def is_single_label(targets) -> bool:
+    """True when there is at least one clip and every clip has exactly one true label."""
+    t = np.asarray(targets, dtype=bool)
+    return bool(t.ndim == 2 and t.shape[0] > 0 and (t.sum(axis=1) == 1).all())
+
+
+def argmax_predictions(scores) -> np.ndarray:
+    """(N,) int64 predicted class per clip: the top-scored class, lowest index on ties (the
+    decision rule of ``accuracy`` and ``macro_f1``)."""
+    return np.argmax(np.asarray(scores), axis=1).astype(np.int64)
+
+
+def single_label_correct(scores, targets) -> np.ndarray:
+    """(N,) float 0/1: is the argmax prediction the clip's label (any true label)?"""
+    scores, targets = _check(scores, targets)
+    pred = argmax_predictions(scores)
+    return targets[np.arange(len(pred)), pred].astype(np.float64)
+
+
+def f1_counts(scores, targets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-clip one-hot rows for the F1 counts of single-label data, each (N, C) uint8:
+    ``true`` (the label), ``pred`` (the argmax prediction), ``hit`` (both). Summed over clips
+    (or weighted by bootstrap counts) they give P_c, PP_c and TP_c of every class."""
+    scores, targets = _check(scores, targets)
+    n, c = scores.shape
+    pred = np.zeros((n, c), dtype=np.uint8)
+    pred[np.arange(n), argmax_predictions(scores)] = 1
+    true = targets.astype(np.uint8)
+    return true, pred, true & pred
+
+
+def macro_f1_from_counts(p: np.ndarray, pp: np.ndarray, tp: np.ndarray) -> np.ndarray | float:
+    """Macro F1 from class totals (last axis = classes): positives P, predicted positives PP and
+    true positives TP. F1_c = 2·TP_c / (P_c + PP_c), averaged over the classes with P_c > 0 (the
+    classes that are some clip's label); NaN when there is none. Equals scikit-learn's
+    ``f1_score(y, pred, labels=<those classes>, average="macro")``."""
+    p, pp, tp = (np.asarray(a, dtype=np.float64) for a in (p, pp, tp))
+    present = p > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(present, 2.0 * tp / np.maximum(p + pp, 1.0), 0.0)
+        n = present.sum(axis=-1)
+        out = np.where(n > 0, f1.sum(axis=-1) / np.maximum(n, 1), np.nan)
+    return float(out) if out.ndim == 0 else out
+
+
+def single_label_metrics(scores, targets) -> Dict[str, float]:
+    """``accuracy``, ``top5_accuracy`` and ``macro_f1`` of single-label data (clips with finite
+    scores). accuracy and macro F1 use the argmax prediction (lowest class index on ties);
+    top-5 accuracy breaks ties against the label, as :func:`top_k_hits`."""
+    scores, targets = _check(scores, targets)
+    keep = finite_clips(scores)
+    scores, targets = scores[keep], targets[keep]
+    if not len(scores):
+        return {"accuracy": math.nan, "top5_accuracy": math.nan, "macro_f1": math.nan}
+    true, pred, hit = f1_counts(scores, targets)
+    return {
+        "accuracy": float(single_label_correct(scores, targets).mean()),
+        "top5_accuracy": float(np.nanmean(top_k_hits(scores, targets, 5))),
+        "macro_f1": macro_f1_from_counts(true.sum(0), pred.sum(0), hit.sum(0)),
     }

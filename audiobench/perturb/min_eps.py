@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 
+from audiobench.metrics.definitions import MIN_EPS_MISSED_CLEAN
 from audiobench.perturb import register_perturbation
 from audiobench.perturb.attacks import _check_model, _check_targets, pgd
 from audiobench.perturb.base import AttackTrace, Perturbation, check_finite, check_int
@@ -31,12 +32,14 @@ class MinEps(Perturbation):
     at which the attack was seen to succeed). Written to ``trace.per_clip["min_eps"]`` in clip
     order (the engine reports median and quartiles):
 
-    * 0.0 when the clean clip already has no true label in its top-k;
+    * ``MIN_EPS_MISSED_CLEAN`` (−1.0) when the clean clip already has no true label in its top-k
+      (nothing to attack: recorded apart from every eps, so summaries can leave it out and count
+      it on its own; a clip that was attacked always gets an eps > 0 or ``inf``);
     * ``inf`` when PGD at eps_max does not break it (never broken within the budget);
     * ``nan`` for a clip with no true label at all (undefined; left clean).
 
-    Returns the attacked waveform at the found eps (at eps_max for clips never broken, clean for
-    0 and nan). The trace's loss per step is that of the eps_max probe.
+    Returns the attacked waveform at the found eps (at eps_max for clips never broken, the clean
+    waveform for clips missed clean and clips without a label). The trace's loss per step is that of the eps_max probe.
     """
 
     name = "min-eps"
@@ -86,7 +89,7 @@ class MinEps(Perturbation):
         with torch.no_grad():
             ok = labels_in_topk(model(x), targets, self.top_k).cpu()
         has_label = targets.bool().any(dim=1).cpu()
-        result[has_label & ~ok] = 0.0
+        result[has_label & ~ok] = MIN_EPS_MISSED_CLEAN
         active = (has_label & ok).nonzero().flatten().tolist()
         bad_steps_all = torch.zeros(B, dtype=torch.float64)
         if active:

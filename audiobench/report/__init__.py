@@ -30,10 +30,11 @@ def render(runs: Sequence[RunResult], fmt: str, *, width: int = 120) -> str:
     raise ValueError(f"render() covers the text formats table, md, csv; got {fmt!r} (use render_html)")
 
 
-def render_html(runs: Sequence[RunResult], out: Path | str):
+def render_html(runs: Sequence[RunResult], out: Path | str, *, plots=None):
+    """Write the HTML report (and its PNGs) to ``out``; ``plots`` reuses figures already drawn."""
     from audiobench.report.html import render_html as _render_html
 
-    return _render_html(runs, out)
+    return _render_html(runs, out, plots=plots)
 
 
 def write_report(runs: Sequence[RunResult], fmt: str, out: Path | str) -> list[Path]:

@@ -20,8 +20,8 @@ from audiobench.report._io import atomic_write_bytes, atomic_write_text
 from audiobench.report.collect import CLEAN, RunResult
 from audiobench.report.plots import Plot, all_plots
 from audiobench.report.tables import (
-    NOT_COMPARABLE_NOTE, QUALITY_METRICS, SHIFT_METRICS, METRIC_TITLES, SUSPECT, ReportView, has_not_comparable,
-    matrix, min_eps_rows,
+    CALIBRATION_METRICS, MEDIAN_DISAGREES, MIN_EPS_HEADER, NOT_COMPARABLE_NOTE, QUALITY_METRICS, SHIFT_METRICS,
+    SUSPECT, WITH_DROP, ReportView, has_not_comparable, map_note, matrix, metric_title, min_eps_rows,
 )
 
 _STYLE = """
@@ -61,7 +61,7 @@ def _rel_url(target: Path, base_dir: Path) -> str:
 
 
 def _html_matrix(view: ReportView, metric: str) -> str:
-    header, rows = matrix(view, metric, with_drop=(metric == "mAP"))
+    header, rows = matrix(view, metric, with_drop=metric in WITH_DROP)
     if not rows:
         return ""
     out = ["<table><tr>" + "".join(f'<th class="l">{escape(h)}</th>' if i == 0 else f"<th>{escape(h)}</th>"
@@ -82,12 +82,13 @@ def _html_matrix(view: ReportView, metric: str) -> str:
 
 
 def _runs_table(runs: Sequence[RunResult]) -> str:
-    head = ["run", "data", "clips", "models", "conditions", "device", "precision", "seed", "git", "time (UTC)",
-            "complete"]
+    head = ["run", "data", "clips", "classes", "models", "conditions", "device", "precision", "seed", "git",
+            "time (UTC)", "complete"]
     out = ["<table><tr>" + "".join(f'<th class="l">{h}</th>' for h in head) + "</tr>"]
     for r in runs:
         d = r.data
-        cells = [r.run_id, str(d.get("name", "")), str(d.get("n_clips", "")), ", ".join(r.models),
+        cells = [r.run_id, str(d.get("name", "")), str(d.get("n_clips", "")), str(d.get("vocab_size", "")),
+                 ", ".join(r.models),
                  str(len(r.conditions)), str(r.info.get("device", "")), str(r.info.get("precision", "")),
                  str(r.info.get("seed", "")), str(r.info.get("git_commit") or "")[:10],
                  f"{r.info.get('start_time', '')} – {r.info.get('end_time', '')}",
@@ -159,27 +160,40 @@ def build_html(runs: Sequence[RunResult], plots: Sequence[Plot], *, base_dir: Pa
     nav.append(("audio", "Audio"))
     body.append("<nav>" + "".join(f'<a href="#{a}">{escape(t)}</a>' for a, t in nav) + "</nav>")
     body.append('<h2 id="runs">Runs</h2>' + _runs_table(runs))
-    body.append('<h2 id="tables">Tables</h2><p class="meta">Cells: value [95% bootstrap CI over clips]; mAP also '
-                f"(change from clean, relative). {SUSPECT} = flagged suspect by the attack trust checks.</p>")
+    body.append('<h2 id="tables">Tables</h2><p class="meta">Cells: value [95% bootstrap CI over clips]; mAP, '
+                "accuracy, macro F1 and calibration also (change from clean, relative). Column headers give each "
+                "model's clips and classes with a positive clip; “n=” marks a cell over fewer clips (non-finite "
+                f"outputs left out). {SUSPECT} = flagged suspect by the attack trust checks.</p>")
     present = view.metrics_present()
+    note = map_note(view)
     for metric in QUALITY_METRICS:
         if metric in present:
             t = _html_matrix(view, metric)
             if t:
-                body.append(f"<h3>{escape(METRIC_TITLES[metric])}</h3>{t}")
+                extra = f' <span class="meta">({escape(note)})</span>' if metric == "mAP" and note else ""
+                body.append(f"<h3>{escape(metric_title(metric))}{extra}</h3>{t}")
     if has_not_comparable(view):
         body.append(f'<p class="meta">{escape(NOT_COMPARABLE_NOTE)}</p>')
     me = min_eps_rows(view)
     if me:
+        head = "".join(f'<th class="l">{escape(h)}</th>' if i < 2 else f"<th>{escape(h)}</th>"
+                       for i, h in enumerate(MIN_EPS_HEADER))
         rows = "".join("<tr>" + "".join(f'<td class="{"l" if i < 2 else ""}">{escape(x)}</td>'
                                         for i, x in enumerate(row)) + "</tr>" for row in me)
-        body.append("<h3>min-eps (linf)</h3><table><tr><th class=\"l\">model</th><th class=\"l\">condition</th>"
-                    "<th>median</th><th>IQR [q25, q75]</th><th>clips</th></tr>" + rows + "</table>")
+        body.append("<h3>min-eps (linf)</h3><p class=\"meta\">Quantiles over the attacked clips (∞ = not broken at "
+                    "eps_max); clips with no true label in the top 5 already clean are counted as missed clean.</p>"
+                    f"<table><tr>{head}</tr>" + rows + "</table>")
     shift = [(m, _html_matrix(view, m)) for m in SHIFT_METRICS if m in present]
     shift = [(m, t) for m, t in shift if t]
     if shift:
         body.append("<details><summary>Output-distribution shift (clean vs perturbed)</summary>"
-                    + "".join(f"<h4>{escape(METRIC_TITLES[m])}</h4>{t}" for m, t in shift) + "</details>")
+                    f'<p class="meta">Means over clips of per-clip statistics; “· median” follows a mean that differs '
+                    f"from the median by more than {MEDIAN_DISAGREES:.0%}.</p>"
+                    + "".join(f"<h4>{escape(metric_title(m))}</h4>{t}" for m, t in shift) + "</details>")
+    calib = [(m, _html_matrix(view, m)) for m in CALIBRATION_METRICS if m in present]
+    calib = [(m, t) for m, t in calib if t]
+    if calib:
+        body.append("<h3>Calibration</h3>" + "".join(f"<h4>{escape(metric_title(m))}</h4>{t}" for m, t in calib))
     body.append('<h2 id="suspect">Suspect flags</h2>' + _suspect_section(view))
     for section, title, blurb in _PLOT_SECTIONS:
         figs = [p for p in plots if p.section == section]
@@ -195,18 +209,19 @@ def build_html(runs: Sequence[RunResult], plots: Sequence[Plot], *, base_dir: Pa
             + page + "\n</body></html>\n")
 
 
-_OUR_PNG = re.compile(r"^(curve|hist|min-eps|delta-ap)[-A-Za-z0-9._]*\.png$")
+_OUR_PNG = re.compile(r"^(curve|single-level|hist|min-eps|delta-ap)[-A-Za-z0-9._]*\.png$")
 
 
-def render_html(runs: Sequence[RunResult], out: Path | str) -> tuple[Path, list[Path]]:
+def render_html(runs: Sequence[RunResult], out: Path | str, *, plots: Sequence[Plot] | None = None
+                ) -> tuple[Path, list[Path]]:
     """Write the report to ``out`` and each plot as PNG into ``<out stem>_files/``.
 
     Returns (html path, PNG paths). Both are written atomically; PNGs of an earlier report in
-    that folder that this one no longer draws are removed.
+    that folder that this one no longer draws are removed. ``plots``: figures already drawn
+    for these runs (by :func:`~audiobench.report.plots.all_plots`), else they are drawn here.
     """
     out = Path(out)
-    view = ReportView(runs)
-    plots = all_plots(view)
+    plots = all_plots(ReportView(runs)) if plots is None else list(plots)
     assets = assets_dir_for(out)
     written = []
     for p in plots:

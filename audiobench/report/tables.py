@@ -9,27 +9,46 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from audiobench.metrics import METRICS, STATISTICS
 from audiobench.report.collect import CLEAN, RunResult
 
 SUSPECT = "⚠"
-QUALITY_METRICS = ("mAP", "mAUC", "d_prime")
-SHIFT_METRICS = (
-    "kl_mean", "js_mean", "entropy_delta_mean", "top1_flip_rate", "top5_jaccard_mean",
-    "spearman_mean", "abs_dp_mean", "true_label_drop_rate",
+# tagging quality; the last three exist only for single-label data
+QUALITY_METRICS = ("mAP", "mAUC", "d_prime", "accuracy", "top5_accuracy", "macro_f1")
+# the per-clip shift statistics, label-focused first (each table shows the mean over clips, and the
+# median beside it when the two disagree: see median_note)
+SHIFT_STATISTICS = (
+    "true_rank_change", "true_dp", "true_dlogit", "top1_retention", "top5_retention", "true_label_drop",
+    "false_alarm_new", "max_false_dp", "max_score_change", "kl", "js", "top10_spearman", "top10_kendall",
+    "top5_jaccard", "top1_flip", "js_normalised",
 )
-MIN_EPS_METRICS = ("min_eps_median", "min_eps_q25", "min_eps_q75")
-METRIC_TITLES = {
-    "mAP": "mAP", "mAUC": "mAUC", "d_prime": "d′",
-    "kl_mean": "mean Bernoulli KL(clean ‖ perturbed)", "js_mean": "mean JS divergence",
-    "entropy_delta_mean": "mean change of per-class entropy", "top1_flip_rate": "top-1 flip rate",
-    "top5_jaccard_mean": "mean top-5 Jaccard overlap", "spearman_mean": "mean Spearman rank correlation",
-    "abs_dp_mean": "mean |Δp|", "true_label_drop_rate": "true-label drop rate",
-}
-_THREE_DECIMALS = {"mAP", "mAUC", "d_prime", "top1_hit_rate", "top5_hit_rate", "top1_flip_rate",
-                   "top5_jaccard_mean", "spearman_mean", "true_label_drop_rate"}
+SHIFT_METRICS = tuple(STATISTICS[s].summary_names["mean"] for s in SHIFT_STATISTICS)
+CALIBRATION_METRICS = ("ece", "brier_mean")
+WITH_DROP = {"mAP", "accuracy", "macro_f1", "ece", "brier_mean"}  # cells also show the change from clean
+MIN_EPS_METRICS = ("min_eps_median", "min_eps_q25", "min_eps_q75", "min_eps_attacked_clips",
+                   "min_eps_unreachable_clips", "min_eps_missed_clean_clips")
+_MEAN_TO_STAT = {st.summary_names["mean"]: st for st in STATISTICS.values()}
+# the data set whose mAP is comparable to published AudioSet numbers (its manifest name)
+AUDIOSET_EVAL = "audioset-eval"
+# a median is shown beside a mean that differs from it by more than this fraction of the larger
+MEDIAN_DISAGREES = 0.25
+
+
+def metric_title(metric: str) -> str:
+    """Short heading of a metric: the registry's title (the name itself when unregistered)."""
+    if metric in _MEAN_TO_STAT and not _MEAN_TO_STAT[metric].indicator:
+        return f"{_MEAN_TO_STAT[metric].title} (mean over clips)"
+    return METRICS.get(metric).title if metric in METRICS else metric
+
+
+METRIC_TITLES = {name: metric_title(name) for name in METRICS.names()}
+_THREE_DECIMALS = {"mAP", "mAUC", "d_prime", "top1_hit_rate", "top5_hit_rate", "accuracy", "top5_accuracy",
+                   "macro_f1"} | {n for n, st in _MEAN_TO_STAT.items() if st.units in ("0/1", "fraction")}
+_COUNTS = {n for n, m in METRICS.items() if m.units == "clips"}
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,7 @@ class Cell:
     ci_high: float
     n_clips: float
     suspect: bool
+    n_classes: float = float("nan")
 
 
 def _isnan(x) -> bool:
@@ -97,7 +117,8 @@ class ReportView:
             m = run.metrics
             for row in m.itertuples(index=False):
                 key = (run.run_id, row.model, row.condition, row.metric)
-                self._cells[key] = Cell(row.value, row.ci_low, row.ci_high, row.n_clips, bool(row.suspect))
+                self._cells[key] = Cell(row.value, row.ci_low, row.ci_high, row.n_clips, bool(row.suspect),
+                                        getattr(row, "n_classes", float("nan")))
                 self._present.add((run.run_id, row.model, row.condition))
                 if bool(row.suspect):
                     self._flagged.add((run.run_id, row.model, row.condition))
@@ -163,6 +184,15 @@ class ReportView:
     def min_eps_conditions(self) -> list[Condition]:
         return [c for c in self.conditions if c.min_eps]
 
+    def counts(self, entry: Entry) -> tuple[float, float]:
+        """(clips, classes with a positive) of an entry: those of its clean mAP row (the most clips
+        any condition uses; a condition with non-finite outputs uses fewer and says so)."""
+        for cond in [CLEAN] + [c.id for c in self.conditions]:
+            cell = self.cell(entry, cond, "mAP")
+            if cell is not None:
+                return cell.n_clips, cell.n_classes
+        return float("nan"), float("nan")
+
 
 def _models_in_several_runs(runs: Sequence[RunResult]) -> set[str]:
     count: dict[str, int] = {}
@@ -181,9 +211,66 @@ def fmt_value(metric: str, v) -> str:
         return "∞" if v > 0 else "-∞"
     if metric in _THREE_DECIMALS:
         return f"{v:.3f}"
-    if metric == "nonfinite_clips":
+    if metric in _COUNTS:
         return f"{v:.0f}"
     return f"{v:.3g}" if metric.startswith("min_eps") else f"{v:.4g}"
+
+
+def _count(v) -> str:
+    return "?" if _isnan(v) else f"{float(v):.0f}"
+
+
+def column_label(view: ReportView, entry: Entry) -> str:
+    """An entry's column header: its label with its clip and class counts."""
+    n, k = view.counts(entry)
+    return f"{entry.label} ({_count(n)} clips, {_count(k)} classes)"
+
+
+def median_note(view: ReportView, entry: Entry, condition: str, metric: str) -> str:
+    """" · median X [lo, hi]" when ``metric`` is the mean of a per-clip statistic whose median
+    differs from it by more than MEDIAN_DISAGREES of the larger of the two; else ""."""
+    st = _MEAN_TO_STAT.get(metric)
+    if st is None or st.indicator:
+        return ""
+    mean, med = view.cell(entry, condition, metric), view.cell(entry, condition, st.summary_names["median"])
+    if mean is None or med is None or _isnan(mean.value) or _isnan(med.value):
+        return ""
+    a, b = float(mean.value), float(med.value)
+    scale = max(abs(a), abs(b))
+    if scale == 0 or abs(a - b) <= MEDIAN_DISAGREES * scale:
+        return ""
+    ci = fmt_ci(metric, med)
+    return f" · median {fmt_value(metric, b)}" + (f" {ci}" if ci else "")
+
+
+def comparable_to_audioset_eval(run: RunResult) -> bool:
+    """True for a run over the whole AudioSet evaluation set (manifest ``audioset-eval``, no
+    --limit): only then is its mAP comparable to published AudioSet eval numbers."""
+    d = run.data
+    used = d.get("used_clip_list_hash")
+    return d.get("name") == AUDIOSET_EVAL and (used is None or used == d.get("clip_list_hash"))
+
+
+def map_note(view: ReportView) -> str | None:
+    """What the mAP of these runs is over, when it is not AudioSet eval mAP; None when every run
+    covers the whole AudioSet eval set."""
+    parts = []
+    for e in view.entries:
+        if comparable_to_audioset_eval(e.run):
+            continue
+        n, k = view.counts(e)
+        d = e.run.data
+        where = d.get("name") or "?"
+        if d.get("name") == AUDIOSET_EVAL:
+            where += " (a subset)"
+        parts.append((f"{_count(k)} classes present in {_count(n)} clips of {where}", e.label))
+    if not parts:
+        return None
+    texts = sorted({p for p, _ in parts})
+    if len(texts) == 1:
+        return f"mAP over {texts[0]}; not comparable to AudioSet eval mAP"
+    per = "; ".join(f"{label}: {p}" for p, label in parts)
+    return f"mAP over the classes present ({per}); not comparable to AudioSet eval mAP"
 
 
 def fmt_ci(metric: str, cell: Cell | None) -> str:
@@ -217,8 +304,11 @@ def has_not_comparable(view) -> bool:
 
 
 def matrix(view: ReportView, metric: str, *, with_drop: bool) -> tuple[list[str], list[list[tuple[str, bool]]]]:
-    """Rows = conditions, columns = entries; each cell (text, suspect). Rows with no value skipped."""
-    header = ["condition"] + [e.label for e in view.entries]
+    """Rows = conditions, columns = entries (headed with their clip and class counts); each cell
+    (text, suspect). Rows with no value skipped. A cell over fewer clips than its column's header
+    (clips with non-finite outputs left out) says "n=<clips>"; the mean of a per-clip statistic
+    gets its median beside it when the two disagree (:func:`median_note`)."""
+    header = ["condition"] + [column_label(view, e) for e in view.entries]
     rows = []
     for c in view.conditions:
         cells = []
@@ -237,6 +327,10 @@ def matrix(view: ReportView, metric: str, *, with_drop: bool) -> tuple[list[str]
                 a, r = fmt_drop(view.drop(e, c.id, metric), metric)
                 if a:
                     text += f" ({a}{', ' + r if r else ''})"
+            text += median_note(view, e, c.id, metric)
+            n_col = view.counts(e)[0]
+            if not _isnan(cell.n_clips) and not _isnan(n_col) and float(cell.n_clips) != float(n_col):
+                text += f" n={_count(cell.n_clips)}"
             suspect = view.suspect_reasons(e, c.id) is not None
             cells.append((text, suspect))
         if any_value:
@@ -244,8 +338,13 @@ def matrix(view: ReportView, metric: str, *, with_drop: bool) -> tuple[list[str]
     return header, rows
 
 
+MIN_EPS_HEADER = ["model", "condition", "median", "IQR [q25, q75]", "attacked clips", "unreachable (∞)",
+                  "missed clean", "clips", "classes"]
+
+
 def min_eps_rows(view: ReportView) -> list[list[str]]:
-    """[entry, condition, median, IQR, clips] for every min-eps condition."""
+    """One row per (entry, min-eps condition), columns as MIN_EPS_HEADER: the quantiles are over
+    the attacked clips (∞ = not broken at eps_max); clips already missed clean are counted apart."""
     rows = []
     for c in view.min_eps_conditions():
         for e in view.entries:
@@ -256,8 +355,13 @@ def min_eps_rows(view: ReportView) -> list[list[str]]:
             iqr = ""
             if q25 is not None and q75 is not None:
                 iqr = f"[{fmt_value('min_eps_q25', q25.value)}, {fmt_value('min_eps_q75', q75.value)}]"
+            counts = []
+            for name in ("min_eps_attacked_clips", "min_eps_unreachable_clips", "min_eps_missed_clean_clips"):
+                cell = view.cell(e, c.id, name)
+                counts.append("" if cell is None else fmt_value(name, cell.value))
             clips = "" if _isnan(med.n_clips) else f"{med.n_clips:.0f}"
-            rows.append([e.label, c.id, fmt_value("min_eps_median", med.value), iqr, clips])
+            classes = "" if _isnan(med.n_classes) else f"{med.n_classes:.0f}"
+            rows.append([e.label, c.id, fmt_value("min_eps_median", med.value), iqr, *counts, clips, classes])
     return rows
 
 
@@ -275,10 +379,15 @@ def table_renderables(view: ReportView) -> list:
     from rich.text import Text
 
     out: list = [Text("\n".join(run_summary(r) for r in view.runs), style="dim")]
+    note = map_note(view)
     t = Table(title="mAP by model and condition (95% bootstrap CI over clips; change from clean)",
-              title_justify="left")
-    for name, justify in (("model", "left"), ("condition", "left"), ("mAP", "right"), ("95% CI", "right"),
-                          ("Δ", "right"), ("Δ%", "right"), ("clips", "right"), ("", "left")):
+              title_justify="left", caption=f"* {note}." if note else None, caption_justify="left")
+    present = view.metrics_present()
+    extra = [m for m in ("accuracy", "macro_f1") if m in present]  # single-label data
+    columns = [("model", "left"), ("condition", "left"), ("mAP*" if note else "mAP", "right"), ("95% CI", "right"),
+               ("Δ", "right"), ("Δ%", "right")] + [(metric_title(m), "right") for m in extra] + [
+               ("clips", "right"), ("classes", "right"), ("flag", "left")]
+    for name, justify in columns:
         t.add_column(Text(name), justify=justify, no_wrap=name in ("condition", "95% CI"))
     for i, e in enumerate(view.entries):
         conds = [c for c in view.conditions if view.has(e, c.id)]
@@ -288,17 +397,20 @@ def table_renderables(view: ReportView) -> list:
             flag = f"{SUSPECT} suspect" if view.suspect_reasons(e, c.id) is not None else ""
             style = "bold" if c.clean else ("red" if flag else None)
             clips = "" if cell is None or _isnan(cell.n_clips) else f"{cell.n_clips:.0f}"
+            classes = "" if cell is None or _isnan(cell.n_classes) else f"{cell.n_classes:.0f}"
+            # single-label metrics: value only here (the md and html tables give their intervals)
+            more = [fmt_value(m, mc.value) if (mc := view.cell(e, c.id, m)) is not None else "" for m in extra]
             cells = (e.label if j == 0 else "", condition_label(c), fmt_value("mAP", cell.value if cell else None),
-                     fmt_ci("mAP", cell), a, r, clips, flag)
+                     fmt_ci("mAP", cell), a, r, *more, clips, classes, flag)
             # Text(), not str: model labels like "toy-cnn [run-a]" must not be read as rich markup.
             last = j == len(conds) - 1 and i < len(view.entries) - 1
             t.add_row(*(Text(x) for x in cells), style=style, end_section=last)
     out.append(t)
     me = min_eps_rows(view)
     if me:
-        t2 = Table(title="min-eps: smallest linf eps that removes every true label from the top 5",
-                   title_justify="left")
-        for name in ("model", "condition", "median", "IQR [q25, q75]", "clips"):
+        t2 = Table(title="min-eps: smallest linf eps that removes every true label from the top 5 "
+                         "(quantiles over the attacked clips)", title_justify="left")
+        for name in MIN_EPS_HEADER:
             t2.add_column(Text(name), justify="left" if name in ("model", "condition") else "right")
         for row in me:
             t2.add_row(*(Text(x) for x in row))
@@ -323,42 +435,81 @@ def render_table(runs: Sequence[RunResult], *, width: int = 120) -> str:
 
 
 # -- markdown ------------------------------------------------------------------------------------
-def _md_escape(s: str) -> str:
-    return s.replace("|", "\\|")
+def md_text(s) -> str:
+    """Any text (a model, condition or data name, a reason from run.json) as inert markdown: no raw
+    HTML (``<``, ``>``, ``&`` become entities), no link (``](``), no table break (``|``, newlines),
+    no code span (backticks)."""
+    s = str(s).replace("\\", "\\\\").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    s = s.replace("|", "\\|").replace("`", "\\`").replace("](", "]\\(")
+    return " ".join(s.splitlines())
+
+
+def md_code(s) -> str:
+    """``s`` as one inline code span (literal text: HTML is not interpreted inside), fenced by more
+    backticks than the longest run of backticks it contains."""
+    s = " ".join(str(s).splitlines())
+    longest = max((len(run) for run in re.findall("`+", s)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if longest else ""
+    return f"{fence}{pad}{s}{pad}{fence}"
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |",
+    lines = ["| " + " | ".join(md_text(h) for h in header) + " |",
              "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(md_text(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _md_matrix(view: ReportView, metric: str, heading: str) -> list[str]:
+    header, rows = matrix(view, metric, with_drop=metric in WITH_DROP)
+    if not rows:
+        return []
+    text_rows = [[t + (f" {SUSPECT}" if s else "") for t, s in row] for row in rows]
+    return [f"{heading} {md_text(metric_title(metric))}", "", _md_table(header, text_rows), ""]
 
 
 def render_md(runs: Sequence[RunResult]) -> str:
     view = ReportView(runs)
     parts = ["# audiobench report", ""]
-    parts += [f"- {run_summary(r)}" for r in view.runs]
-    parts += ["", "Cells: value [95% bootstrap CI over clips]; for mAP also (change from clean, relative). "
+    parts += [f"- {md_text(run_summary(r))}" for r in view.runs]
+    parts += ["", "Cells: value [95% bootstrap CI over clips]; for mAP, accuracy, macro F1 and calibration also "
+              "(change from clean, relative). Column headers give each model's clips and classes with a positive "
+              "clip; `n=` marks a cell over fewer clips (non-finite outputs left out). "
               f"{SUSPECT} = attack result flagged suspect by the trust checks (reasons below).", ""]
     present = view.metrics_present()
-    for metric in QUALITY_METRICS + SHIFT_METRICS:
-        if metric not in present:
-            continue
-        header, rows = matrix(view, metric, with_drop=(metric == "mAP"))
-        if not rows:
-            continue
-        text_rows = [[t + (f" {SUSPECT}" if s else "") for t, s in row] for row in rows]
-        parts += [f"## {METRIC_TITLES.get(metric, metric)}", "", _md_table(header, text_rows), ""]
+    note = map_note(view)
+    for metric in QUALITY_METRICS:
+        if metric in present:
+            block = _md_matrix(view, metric, "##")
+            if block and metric == "mAP" and note:
+                block[0] += f" ({md_text(note)})"
+            parts += block
     if has_not_comparable(view):
         parts += [NOT_COMPARABLE_NOTE, ""]
     me = min_eps_rows(view)
     if me:
         parts += ["## min-eps (smallest linf eps removing every true label from the top 5)", "",
-                  _md_table(["model", "condition", "median", "IQR [q25, q75]", "clips"], me), ""]
+                  "Quantiles over the attacked clips (∞ = not broken at eps_max); clips with no true label in "
+                  "the top 5 already clean are counted as missed clean and left out.", "",
+                  _md_table(MIN_EPS_HEADER, me), ""]
+    shift = [m for m in SHIFT_METRICS if m in present]
+    if shift:
+        parts += ["## Output-distribution shift (clean vs perturbed)", "",
+                  "Means over clips of per-clip statistics (docs/metrics.md); `· median` follows a mean that "
+                  f"differs from the median by more than {MEDIAN_DISAGREES:.0%}.", ""]
+        for metric in shift:
+            parts += _md_matrix(view, metric, "###")
+    calib = [m for m in CALIBRATION_METRICS if m in present]
+    if calib:
+        parts += ["## Calibration", ""]
+        for metric in calib:
+            parts += _md_matrix(view, metric, "###")
     sus = view.suspects()
     if sus:
         parts += ["## Suspect attack results", ""]
-        parts += [f"- {SUSPECT} {e.label} / `{cid}`: {'; '.join(reasons)}" for e, cid, reasons in sus]
+        parts += [f"- {SUSPECT} {md_text(e.label)} / {md_code(cid)}: {md_text('; '.join(reasons))}"
+                  for e, cid, reasons in sus]
         parts.append("")
     return "\n".join(parts)
 
