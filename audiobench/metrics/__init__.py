@@ -31,6 +31,10 @@ _DESCRIPTIONS = {
     "min_eps_median": "median over clips of the smallest linf eps removing every true label from the top 5",
     "min_eps_q25": "25th percentile over clips of the min-eps (smallest deactivating linf eps)",
     "min_eps_q75": "75th percentile over clips of the min-eps (smallest deactivating linf eps)",
+    "mean_corruption_map": "corruption suite: mean over corruptions of the severity-averaged mAP",
+    "relative_robustness": "corruption suite: mean_corruption_map / clean mAP",
+    "mce": "corruption suite: ImageNet-C mCE, mean over corruptions of sum_s (1 - mAP) / the reference model's",
+    "relative_mce": "corruption suite: ImageNet-C relative mCE, mean over corruptions of the mAP drop / the reference's",
 }
 for _name, _text in _DESCRIPTIONS.items():
     METRICS.register(_name, _text)

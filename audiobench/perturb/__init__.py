@@ -16,7 +16,7 @@ def register_perturbation(cls):
 
 import importlib as _importlib
 
-for _mod in ("none", "noise", "occlusion", "attacks", "feature", "universal", "min_eps", "chain"):
+for _mod in ("none", "noise", "occlusion", "attacks", "feature", "universal", "min_eps", "chain", "corruptions"):
     try:
         _importlib.import_module(f"audiobench.perturb.{_mod}")
     except ModuleNotFoundError as _exc:
