@@ -1,9 +1,10 @@
 """Lossy codec round trip: ``mp3`` at a constant bitrate.
 
 Encoder and decoder: libsndfile (>= 1.1) through ``soundfile``, which audiobench already depends
-on; its wheels bundle LAME (encoder) and mpg123 (decoder). libsndfile keeps the output rate equal
-to the input rate and sets LAME's constant bitrate from its "compression level" c in [0, 1] as
-``int(max - c·(max - min))`` kbps over the MPEG version's range (MPEG-1: 32..320 at 32 / 44.1 /
+on; its wheels bundle LAME (encoder) and mpg123 (decoder). Setting the bitrate needs soundfile
+>= 0.13 (``compression_level`` / ``bitrate_mode``): ``pip install 'audiobench[corruptions]'``.
+libsndfile keeps the output rate equal to the input rate and sets LAME's constant bitrate from
+its "compression level" c in [0, 1] as ``int(max - c·(max - min))`` kbps over the MPEG version's range (MPEG-1: 32..320 at 32 / 44.1 /
 48 kHz, MPEG-2: 8..160 at 16 / 22.05 / 24 kHz, MPEG-2.5: 8..64 at 8 / 11.025 / 12 kHz), so the
 exact bitrate is reachable. The stream's frame headers are parsed back (:func:`mp3_frames`), so
 the realised bitrate is measured from the bitstream, not assumed.
@@ -11,7 +12,7 @@ the realised bitrate is measured from the bitstream, not assumed.
 Alignment: when LAME can write its Info tag (the first frame is large enough) the decoder trims
 the codec delay itself; at low bitrates it cannot, and the decoded audio starts 1105 samples late
 (LAME's 576-sample encoder delay + mpg123's 529-sample decoder delay), which is removed here.
-Clips of a batch are coded in threads (libsndfile releases the GIL).
+Clips of a batch are coded in threads (cffi releases the GIL around libsndfile's calls).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from audiobench.perturb.corruptions.base import Corruption, Prepared, as_bool, s
 MP3_BITRATE_KBPS = {1: 128, 2: 96, 3: 64, 4: 48, 5: 32}
 #: LAME encoder delay + mpg123 decoder delay, removed when the stream has no Info tag
 CODEC_DELAY_SAMPLES = 1105
+EXTRA_HINT = "pip install 'audiobench[corruptions]'"
 
 _BITRATES = {  # kbps by header index, per MPEG version (layer III)
     1: (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
@@ -98,10 +100,14 @@ def _soundfile():
     try:
         import soundfile as sf
     except ImportError:
-        raise ConfigError("mp3 needs the soundfile package (pip install 'soundfile>=0.12')") from None
+        raise ConfigError(f"mp3 needs soundfile>=0.13: {EXTRA_HINT}") from None
     if "MP3" not in sf.available_formats():
-        raise ConfigError(f"mp3 needs libsndfile >= 1.1 with MP3 support; this soundfile has libsndfile "
-                          f"{sf.__libsndfile_version__} without it (pip install -U 'soundfile>=0.12')")
+        raise ConfigError(f"mp3 needs libsndfile >= 1.1 with MP3 support, and this soundfile's libsndfile "
+                          f"{sf.__libsndfile_version__} has none: {EXTRA_HINT}")
+    import inspect
+
+    if "bitrate_mode" not in inspect.signature(sf.write).parameters:
+        raise ConfigError(f"mp3 needs soundfile>=0.13 to set a bitrate (this is {sf.__version__}): {EXTRA_HINT}")
     return sf
 
 
@@ -112,10 +118,7 @@ def mp3_round_trip(x: np.ndarray, sample_rate: int, kbps: int) -> Tuple[np.ndarr
     lo, hi = _version_range(sample_rate)
     level = (hi - kbps - 0.25) / (hi - lo)  # int() in libsndfile gives exactly kbps
     buf = io.BytesIO()
-    try:
-        sf.write(buf, x, sample_rate, format="MP3", subtype="MPEG_LAYER_III", bitrate_mode="CONSTANT", compression_level=level)
-    except TypeError:
-        raise ConfigError("mp3 needs soundfile >= 0.12 (bitrate_mode / compression_level): pip install -U 'soundfile>=0.12'") from None
+    sf.write(buf, x, sample_rate, format="MP3", subtype="MPEG_LAYER_III", bitrate_mode="CONSTANT", compression_level=level)
     data = buf.getvalue()
     y, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
     n = x.shape[0]
