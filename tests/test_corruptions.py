@@ -237,6 +237,13 @@ def test_pgd_through_reverb_attacks_the_reverberant_audio():
     assert y.shape == x.shape and torch.isfinite(y).all()
 
 
+def test_min_eps_refused_through_a_corruption():
+    from audiobench.perturb.chain import Chain
+
+    with pytest.raises(ConfigError, match="min-eps"):
+        Chain(base={"perturbation": "reverb", "severity": 2}, attack={"perturbation": "min-eps"})
+
+
 def test_gaussian_base_keeps_the_attack_after_it():
     """Li et al.'s cells are unchanged: gaussian / occlusion bases are applied before the attack."""
     from audiobench.perturb.chain import Chain, sees_through
@@ -357,9 +364,9 @@ def test_summary_from_scores_with_paired_bootstrap():
 
 def test_metric_names_registered():
     from audiobench.metrics import METRICS
-    from audiobench.metrics.corruption import SUMMARY_METRICS
+    from audiobench.metrics.corruption import PER_CORRUPTION_METRICS, SUMMARY_METRICS
 
-    for name in SUMMARY_METRICS:
+    for name in SUMMARY_METRICS + PER_CORRUPTION_METRICS:
         assert name in METRICS
 
 

@@ -35,6 +35,9 @@ _DESCRIPTIONS = {
     "relative_robustness": "corruption suite: mean_corruption_map / clean mAP",
     "mce": "corruption suite: ImageNet-C mCE, mean over corruptions of sum_s (1 - mAP) / the reference model's",
     "relative_mce": "corruption suite: ImageNet-C relative mCE, mean over corruptions of the mAP drop / the reference's",
+    "corruption_map": "corruption suite, one corruption: its mAP averaged over severities",
+    "corruption_error": "corruption suite, one corruption: sum over severities of (1 - mAP), ImageNet-C's CE",
+    "normalised_ce": "corruption suite, one corruption: corruption_error / the reference model's",
 }
 for _name, _text in _DESCRIPTIONS.items():
     METRICS.register(_name, _text)

@@ -41,13 +41,16 @@ __all__ = [
     "relative_mce",
     "corruption_summary",
     "SUMMARY_METRICS",
+    "PER_CORRUPTION_METRICS",
 ]
 
 Value = Union[float, np.ndarray]
 MapTable = Mapping[Tuple[str, int], Value]
 
-#: the summary metrics (metrics.csv names) and when each exists
+#: the summary metrics (metrics.csv names); mce and relative_mce need a reference model
 SUMMARY_METRICS = ("mean_corruption_map", "relative_robustness", "mce", "relative_mce")
+#: the per-corruption numbers (metrics.csv names); normalised_ce needs a reference model
+PER_CORRUPTION_METRICS = ("corruption_map", "corruption_error", "normalised_ce")
 
 
 def _by_corruption(maps: MapTable) -> Dict[str, Dict[int, Value]]:

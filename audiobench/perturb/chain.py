@@ -55,10 +55,11 @@ def sees_through(base: Perturbation) -> bool:
 class _ThroughBase:
     """The attacked function of a see-through chain: ``model(clamp(prepared(z)))``."""
 
-    def __init__(self, model, prepared, device):
+    def __init__(self, model, prepared, device, batch: int):
         self.model = model
         self.prepared = prepared
         self.device = device
+        self.batch = int(batch)
         self.training = bool(getattr(model, "training", False))
 
     def corrupt(self, z: torch.Tensor) -> torch.Tensor:
@@ -66,6 +67,9 @@ class _ThroughBase:
             return self.prepared(z).to(z.dtype).clamp(-1.0, 1.0)
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        if z.shape[0] != self.batch:
+            raise ConfigError(f"chain: the attack evaluated {z.shape[0]} of the batch's {self.batch} clips, but a "
+                              f"corruption's draws are fixed per batch; this attack cannot see through a corruption")
         return self.model(self.corrupt(z))
 
 
@@ -86,7 +90,8 @@ class Chain(Perturbation):
       the corruption (the corruption's random draws, e.g. its room, are fixed once per clip, so
       every step sees the same corruption): "PGD on reverberant audio" is an attack that survives
       the room. A corruption that is not differentiable (mp3, bitcrush) is refused as the base of a
-      gradient attack unless it is given ``straight_through=true`` (identity gradient, BPDA).
+      gradient attack unless it is given ``straight_through=true`` (identity gradient, BPDA), and
+      min-eps (which attacks subsets of the batch) cannot be run through a corruption.
     """
 
     name: ClassVar[str] = "chain"
@@ -101,6 +106,11 @@ class Chain(Perturbation):
         for part in (self._base, self._attack):
             if getattr(part, "requires_fit", False) or getattr(part, "domain", "waveform") != "waveform":
                 raise ConfigError(f"chain: {part.name} cannot be chained (needs fitting or works on features)")
+        from audiobench.perturb.min_eps import MinEps
+
+        if sees_through(self._base) and isinstance(self._attack, MinEps):
+            # min-eps attacks shrinking subsets of the batch; a corruption's draws are per batch
+            raise ConfigError(f"chain: min-eps cannot be run through {self._base.name}; use pgd, fgsm or apgd on it")
         if sees_through(self._base) and self._attack.uses_model and not self._base.passes_gradient:
             raise ConfigError(f"chain: {self._base.name} is not differentiable, so {self._attack.name} cannot take gradients "
                               f"through it; give the base straight_through=true (identity gradient), e.g. "
@@ -165,7 +175,7 @@ class Chain(Perturbation):
         """attack on ``model ∘ base`` from the clean clip; returns base(x + delta), clamped."""
         base = self._base
         prepared = base.prepare(waveform, rng)  # the base's draws come first, as in the other order
-        attacked = _ThroughBase(model, prepared, waveform.device)
+        attacked = _ThroughBase(model, prepared, waveform.device, waveform.shape[0])
         x_adv = self._attack(waveform, model=attacked if model is not None else None, targets=targets, rng=rng, trace=trace)
         with torch.no_grad():
             out = attacked.corrupt(x_adv.detach())
