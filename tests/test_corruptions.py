@@ -197,7 +197,7 @@ def test_non_differentiable_refused_in_chain_unless_straight_through(name):
     assert torch.equal(g, w)
 
 
-def _linear_model():
+def _tiny_model():
     from perturb_helpers import TinyConvTagger
 
     return TinyConvTagger(n_classes=6)
@@ -212,7 +212,7 @@ def test_pgd_through_reverb_attacks_the_reverberant_audio():
     base = parse_on("reverb:severity=3")
     chain = Chain(base=base, attack={"perturbation": "pgd", "eps": 0.01, "steps": 5}).with_sample_rate(8000)
     assert chain.condition_id == "pgd/linf:eps=0.01@reverb:severity=3" and chain.needs_sample_rate
-    model = _linear_model()
+    model = _tiny_model()
     x = clips(2, n=4000) * 0.5
     keep = x.clone()
     t = torch.zeros(2, 6)

@@ -135,9 +135,7 @@ class Corruption(Perturbation):
     def __call__(self, waveform: torch.Tensor, *, model=None, targets=None, rng=None, trace=None) -> torch.Tensor:
         with full_precision(waveform.device):
             prepared = self.prepare(waveform, rng)
-            out = prepared(waveform).to(waveform.dtype).clamp(-1.0, 1.0)
-            if out.data_ptr() == waveform.data_ptr():  # never hand back the input itself
-                out = out.clone()
+            out = prepared(waveform).to(waveform.dtype).clamp(-1.0, 1.0)  # clamp: always a new tensor
             self.record(trace, waveform, out, prepared)
         return out
 
