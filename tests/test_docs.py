@@ -25,6 +25,10 @@ def test_readme_lists_every_perturbation():
 
     names = _table_names("## Perturbations and attacks")
     names |= {n for row in re.findall(r"^\| `([a-z0-9-]+)`, `([a-z0-9-]+)`", README, flags=re.M) for n in row}
+    # the natural corruptions are listed on their own page (docs/corruptions.md, checked by
+    # tests/test_corruptions.py against the code)
+    corruptions = (ROOT / "docs" / "corruptions.md").read_text().split("## Severity table", 1)[1].split("\n## ", 1)[0]
+    names |= set(re.findall(r"^\| `([a-z0-9-]+)`", corruptions, flags=re.M))
     assert set(PERTURBATIONS.names()) <= names
 
 

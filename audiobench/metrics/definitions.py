@@ -250,6 +250,24 @@ _metric("snr_db_mean", "mean realised SNR", "mean over clips of the realised SNR
         has_ci=False)
 _metric("bad_input_clips", "clips refused as bad input", "clips left out by --on-bad-clip skip (NaN/inf or "
         "out-of-range input samples)", "clips", PERTURBATION, "#{i: bad input}", has_ci=False)
+# corruption suite (audiobench/metrics/corruption.py): one row per model, written when a run holds
+# corruption conditions; mce, relative_mce and normalised_ce need a reference model
+_metric("mean_corruption_map", "mean corruption mAP", "mean over corruptions of the mAP averaged over their "
+        "severities", "mAP", SUITE, "mean_c mean_s m[c, s]")
+_metric("relative_robustness", "relative robustness", "mean_corruption_map divided by the clean mAP", "ratio",
+        SUITE, "mean_corruption_map / m0")
+_metric("mce", "mCE", "ImageNet-C mean corruption error: mean over corruptions of the error summed over "
+        "severities, divided by the reference model's", "ratio (< 1: more robust than the reference)", SUITE,
+        "mean_c Σ_s (1 − m[c, s]) / Σ_s (1 − r[c, s])")
+_metric("relative_mce", "relative mCE", "ImageNet-C relative mCE: mean over corruptions of the mAP drop from "
+        "clean summed over severities, divided by the reference model's", "ratio", SUITE,
+        "mean_c Σ_s (m0 − m[c, s]) / Σ_s (r0 − r[c, s])")
+_metric("corruption_map", "corruption mAP", "one corruption: its mAP averaged over severities", "mAP", SUITE,
+        "mean_s m[c, s]")
+_metric("corruption_error", "corruption error", "one corruption: ImageNet-C's CE, the error 1 − mAP summed over "
+        "severities", "sum of errors", SUITE, "Σ_s (1 − m[c, s])")
+_metric("normalised_ce", "normalised CE", "one corruption: corruption_error divided by the reference model's",
+        "ratio", SUITE, "Σ_s (1 − m[c, s]) / Σ_s (1 − r[c, s])")
 del _s, _summary, _name, _what
 
 

@@ -46,13 +46,53 @@ def parse_on(text: str) -> Dict[str, Any]:
     return spec
 
 
+def sees_through(base: Perturbation) -> bool:
+    """True for a base the attack differentiates through (a natural corruption, which can fix its
+    draws with ``prepare``); False for one applied before the attack (gaussian, occlusion)."""
+    return callable(getattr(base, "prepare", None)) and hasattr(base, "passes_gradient")
+
+
+class _ThroughBase:
+    """The attacked function of a see-through chain: ``model(clamp(prepared(z)))``."""
+
+    def __init__(self, model, prepared, device, batch: int):
+        self.model = model
+        self.prepared = prepared
+        self.device = device
+        self.batch = int(batch)
+        self.training = bool(getattr(model, "training", False))
+
+    def corrupt(self, z: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=torch.device(self.device).type, enabled=False):  # signal processing at full precision
+            return self.prepared(z).to(z.dtype).clamp(-1.0, 1.0)
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        if z.shape[0] != self.batch:
+            raise ConfigError(f"chain: the attack evaluated {z.shape[0]} of the batch's {self.batch} clips, but a "
+                              f"corruption's draws are fixed per batch; this attack cannot see through a corruption")
+        return self.model(self.corrupt(z))
+
+
 @register_perturbation
 @dataclass
 class Chain(Perturbation):
-    """``attack`` applied to the output of ``base`` (e.g. PGD on Gaussian-noised or occluded audio, the
-    "PGD on perturbed inputs" cells of Li et al. 2022, "Robustness of Neural Architectures for Audio
-    Event Detection"). Units: those of the two parts; the swept level is the attack's. Metrics still
-    compare with the clean clip. Reference: Li et al. 2022 (lijuncheng16/AudioSetDoneRight)."""
+    """``attack`` combined with ``base`` (e.g. PGD on Gaussian-noised, occluded or reverberant audio,
+    the "PGD on perturbed inputs" cells of Li et al. 2022, "Robustness of Neural Architectures for
+    Audio Event Detection"). Units: those of the two parts; the swept level is the attack's. Metrics
+    still compare with the clean clip. Reference: Li et al. 2022 (lijuncheng16/AudioSetDoneRight).
+
+    Two compositions, chosen by the base's kind:
+
+    * gaussian, occlusion (any perturbation without ``prepare``): the base is applied first and the
+      attack perturbs its output inside an eps ball around it, ``attack(base(x))``, as Li et al.;
+    * a natural corruption (reverb, lowpass, mp3 ...): the attack perturbs the clean clip and the
+      model sees the corrupted result, ``base(x + delta)``, with delta found by the attack through
+      the corruption (the corruption's random draws, e.g. its room, are fixed once per clip, so
+      every step sees the same corruption): "PGD on reverberant audio" is an attack that survives
+      the room. A corruption that is not differentiable (mp3, bitcrush) is refused as the base of a
+      gradient attack unless it is given ``straight_through=true`` (identity gradient, BPDA), and
+      min-eps (which attacks subsets of the batch) cannot be run through a corruption.
+    """
 
     name: ClassVar[str] = "chain"
     base: Dict[str, Any] = field(default_factory=dict)
@@ -66,6 +106,15 @@ class Chain(Perturbation):
         for part in (self._base, self._attack):
             if getattr(part, "requires_fit", False) or getattr(part, "domain", "waveform") != "waveform":
                 raise ConfigError(f"chain: {part.name} cannot be chained (needs fitting or works on features)")
+        from audiobench.perturb.min_eps import MinEps
+
+        if sees_through(self._base) and isinstance(self._attack, MinEps):
+            # min-eps attacks shrinking subsets of the batch; a corruption's draws are per batch
+            raise ConfigError(f"chain: min-eps cannot be run through {self._base.name}; use pgd, fgsm or apgd on it")
+        if sees_through(self._base) and self._attack.uses_model and not self._base.passes_gradient:
+            raise ConfigError(f"chain: {self._base.name} is not differentiable, so {self._attack.name} cannot take gradients "
+                              f"through it; give the base straight_through=true (identity gradient), e.g. "
+                              f"--on '{self._base.name}:severity={self._base.severity};straight_through=true'")
         self.uses_model = bool(self._base.uses_model or self._attack.uses_model)
         self.needs_sample_rate = bool(self._base.needs_sample_rate or self._attack.needs_sample_rate)
 
@@ -146,5 +195,18 @@ class Chain(Perturbation):
         return Chain(base=self.base, attack={**self.attack, self._attack.param: value})
 
     def __call__(self, waveform: torch.Tensor, *, model=None, targets=None, rng=None, trace=None) -> torch.Tensor:
+        if sees_through(self._base) and self._attack.uses_model:
+            return self._through(waveform, model=model, targets=targets, rng=rng, trace=trace)
         start = self._base(waveform, model=model, targets=targets, rng=rng, trace=None)
         return self._attack(start, model=model, targets=targets, rng=rng, trace=trace)
+
+    def _through(self, waveform, *, model, targets, rng, trace) -> torch.Tensor:
+        """attack on ``model ∘ base`` from the clean clip; returns base(x + delta), clamped."""
+        base = self._base
+        prepared = base.prepare(waveform, rng)  # the base's draws come first, as in the other order
+        attacked = _ThroughBase(model, prepared, waveform.device, waveform.shape[0])
+        x_adv = self._attack(waveform, model=attacked if model is not None else None, targets=targets, rng=rng, trace=trace)
+        with torch.no_grad():
+            out = attacked.corrupt(x_adv.detach())
+        base.record(trace, waveform, out, prepared)
+        return out

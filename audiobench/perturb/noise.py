@@ -30,12 +30,22 @@ def add_noise_at_snr(waveform: torch.Tensor, snr_db: float, rng, *, clamp: bool 
         return waveform.clone()
     b, s = waveform.shape
     noise = white_noise(rng, s, dtype=torch.float64).to(waveform.device)
-    ps = signal_power(waveform)  # (B,) float64
-    pn = noise.pow(2).mean(dim=-1)
-    scale = torch.sqrt(ps / (pn * 10.0 ** (snr_db / 10.0)))
-    scale = torch.where(pn > 0, scale, torch.zeros_like(scale))
-    out = (waveform.double() + noise * scale[:, None]).to(waveform.dtype)
+    out = (waveform.double() + noise * snr_scale(waveform, noise, snr_db)[:, None]).to(waveform.dtype)
     return out.clamp(-1.0, 1.0) if clamp else out
+
+
+def snr_scale(waveform: torch.Tensor, noise: torch.Tensor, snr_db) -> torch.Tensor:
+    """Per-clip gain (batch,) float64 that puts ``noise`` at ``snr_db`` below ``waveform``.
+
+    10·log10(P(waveform) / P(gain·noise)) = snr_db exactly (powers are the realised mean squares,
+    not nominal variances). ``snr_db`` is a float or a (batch,) tensor. The gain is 0 where the
+    noise is silent (no level to scale) and where the clip is silent (an SNR is undefined for it).
+    """
+    ps = signal_power(waveform)  # (B,) float64
+    pn = noise.double().pow(2).mean(dim=-1)
+    snr = torch.as_tensor(snr_db, dtype=torch.float64, device=ps.device)
+    scale = torch.sqrt(ps / (pn * 10.0 ** (snr / 10.0)))
+    return torch.where(pn > 0, scale, torch.zeros_like(scale))
 
 
 def add_noise_sigma(waveform: torch.Tensor, sigma: float, rng, *, clamp: bool = True) -> torch.Tensor:
