@@ -72,32 +72,51 @@ class Results:
         return f"Results({str(self.run_dir)!r})"
 
 
-def _model_names(model: Union[ModelLike, Sequence[ModelLike]]) -> list:
+def _model_sources(model: Union[ModelLike, Sequence[ModelLike]]) -> tuple:
+    """(names in run order, {name: nn.Module} for models given as objects, {name: identity}).
+
+    Strings are model names as ``audiobench run --model`` takes them (registered, plugin,
+    ``module:factory``, ``hf:FOLDER``, ``NAME@VARIANT``); a comma-separated string names several.
+    An object is named by its ``name`` attribute, else its class name.
+    """
+    import torch
+
+    from audiobench.models.resolve import check_model_source, state_dict_sha256
+
     if isinstance(model, str):
-        names = [m.strip() for m in model.split(",") if m.strip()]
+        items = [m.strip() for m in model.split(",") if m.strip()]
     elif isinstance(model, (list, tuple)):
-        names = list(model)
+        items = list(model)
     else:
-        names = [model]
-    if not names:
+        items = [model]
+    if not items:
         raise ConfigError("model: no model given")
-    for m in names:
-        if not isinstance(m, str):
-            raise ConfigError(f"model {m!r}: give a registered model name")
-    return names
+    names, objects, identity = [], {}, {}
+    for m in items:
+        if isinstance(m, torch.nn.Module):
+            name = str(getattr(m, "name", None) or type(m).__name__)
+            objects[name] = m
+            identity[name] = f"{type(m).__module__}.{type(m).__qualname__}:{state_dict_sha256(m)}"
+        elif isinstance(m, str):
+            check_model_source(m)  # unknown name -> "did you mean"; bad syntax -> one line
+            name = m
+        else:
+            raise ConfigError(f"model {m!r}: give a model name, 'module:factory', 'hf:FOLDER' or an nn.Module")
+        if name in names:
+            raise ConfigError(f"model {name!r} is given twice")
+        names.append(name)
+    return names, objects, identity
 
 
 def build_run_config(model, perturbations=(), *, data=None, limit=None, seed=0, device="auto", out="results",
                      checkpoint=None, data_root=None, run_id=None, resume=False, batch_size=16, precision="fp32",
-                     bootstrap=1000, save_audio=0, trust_checks=True, on_bad_clip="fail", weights="default"):
+                     bootstrap=1000, save_audio=0, trust_checks=True, on_bad_clip="fail", weights="default",
+                     label_map=None):
     """The :class:`~audiobench.engine.RunConfig` that :func:`evaluate` runs (checked, nothing run)."""
     from audiobench.engine import RunConfig
-    from audiobench.models import MODELS
     from audiobench.perturb.spec import parse_conditions
 
-    names = _model_names(model)
-    for m in names:
-        MODELS.get(m)  # unknown name -> "did you mean"
+    names, objects, identity = _model_sources(model)
     conditions = parse_conditions(list(perturbations) if not isinstance(perturbations, str) else [perturbations])
     if isinstance(checkpoint, dict):
         checkpoints = {k: (str(Path(v).expanduser()) if v is not None else None) for k, v in checkpoint.items()}
@@ -114,7 +133,8 @@ def build_run_config(model, perturbations=(), *, data=None, limit=None, seed=0, 
         models=names, conditions=conditions, data=data, data_root=data_root, checkpoints=checkpoints,
         device=device, batch_size=batch_size, limit=limit, seed=seed, out=Path(out), run_id=run_id, resume=resume,
         precision=precision, bootstrap=bootstrap, save_audio=save_audio, weights=weights, trust_checks=trust_checks,
-        on_bad_clip=on_bad_clip,
+        on_bad_clip=on_bad_clip, label_map=None if label_map is None else str(Path(label_map).expanduser()),
+        model_objects=objects, object_identity=identity,
     )
     config.validate()
     return config
@@ -126,8 +146,9 @@ def evaluate(model, perturbations: Sequence[Any] = (), *, data: Optional[str] = 
     """Benchmark ``model`` clean and under each perturbation; returns the finished run's Results.
 
     Args:
-        model: a registered model name (``audiobench list models``), a comma-separated string of
-            names, or a list of names.
+        model: a model name as ``audiobench run --model`` takes it (registered, plugin,
+            ``"module:factory"``, ``"hf:FOLDER"``, ``"NAME@VARIANT"``), an ``nn.Module`` that
+            follows the model contract (:class:`audiobench.AudioTagger`), or a list of these.
         perturbations: ``KIND:FIELD=V;FIELD=V`` strings (the ``--on`` syntax, e.g.
             ``"gaussian:snr_db=20"``, ``"pgd:eps=0.002;steps=3"``) or perturbation objects; the
             clean condition is always added first.
@@ -137,7 +158,8 @@ def evaluate(model, perturbations: Sequence[Any] = (), *, data: Optional[str] = 
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``. ``out``: the results folder.
         **run_options: every other ``audiobench run`` option as a keyword: ``checkpoint`` (a path,
             or a mapping model → path), ``data_root``, ``run_id``, ``resume``, ``batch_size``,
-            ``precision``, ``bootstrap``, ``save_audio``, ``trust_checks``, ``on_bad_clip``.
+            ``precision``, ``bootstrap``, ``save_audio``, ``trust_checks``, ``on_bad_clip``,
+            ``label_map`` (a CSV mapping the model's classes to the dataset's).
 
     Raises :class:`~audiobench.errors.AudiobenchError` (one line) for bad input, and
     :class:`~audiobench.engine.StopRequested` when SIGINT/SIGTERM stopped the run (every finished
@@ -169,3 +191,11 @@ def run_config(config, *, progress: bool = False, log: Optional[Callable[[str], 
         if not keep_process_group:
             runner.dist.close()
     return Results(Path(run_dir)) if runner.dist.is_main else None
+
+
+def predict(model, inputs, **kwargs):
+    """Score audio files or datasets with ``model``; see :func:`audiobench.prediction.predict`.
+    Returns :class:`~audiobench.prediction.Predictions` (clip_ids, logits, class_names, top_k)."""
+    from audiobench.prediction import predict as _predict
+
+    return _predict(model, inputs, **kwargs)

@@ -72,13 +72,12 @@ def list_group():
 
 @list_group.command("models")
 def list_models():
-    """Registered models: name, family, sample rate, reference mAP."""
-    from audiobench.models import MODELS
+    """Models usable by name, built-in and from installed plugins: name, family, sample rate,
+    reference mAP, description, [source package]."""
+    from audiobench.models import list_models as rows
 
-    for name, entry in MODELS.items():
-        spec = entry.spec
-        ref = f"{spec.reference_mAP:.3f}" if spec.reference_mAP is not None else "-"
-        click.echo(f"{name}\t{spec.family}\t{spec.sample_rate} Hz\tmAP {ref}\t{spec.description}")
+    for row in rows():
+        click.echo(row.line())
 
 
 @list_group.command("perturbations")

@@ -166,7 +166,7 @@ def _chained(on: Any, conds: list, max_cells: int) -> list:
 
 def parse_sweep(raw: Any, path: Path = Path("<sweep>"), *, max_cells: int = MAX_CELLS) -> Sweep:
     """Validate a parsed sweep mapping and expand it to runs."""
-    from audiobench.models import MODELS
+    from audiobench.models.resolve import check_model_source
     from audiobench.perturb import PERTURBATIONS
     from audiobench.perturb.spec import count_grid, expand_counted
 
@@ -188,7 +188,7 @@ def parse_sweep(raw: Any, path: Path = Path("<sweep>"), *, max_cells: int = MAX_
         raise _err(path, "models", "must be a list of model names")
     for m in models:
         try:
-            MODELS.get(m)
+            check_model_source(m)
         except AudiobenchError as exc:
             raise _err(path, "models", str(exc)) from None
     if len(set(models)) != len(models):

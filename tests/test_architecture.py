@@ -102,12 +102,12 @@ def test_cycle_finder_finds_a_planted_cycle():
 # layer of each top-level area; a module may import only its own layer or lower ones
 LAYERS = {
     "audiobench.errors": 0, "audiobench.registry": 0, "audiobench.paths": 0, "audiobench.fileio": 0,
-    "audiobench.rng": 0, "audiobench.device": 0, "audiobench.progress": 0,
+    "audiobench.rng": 0, "audiobench.device": 0, "audiobench.progress": 0, "audiobench.resample": 0,
     "audiobench.data": 1, "audiobench.metrics": 1,
     "audiobench.models": 2, "audiobench.perturb": 2, "audiobench.fastpath": 2,
     "audiobench.trust": 3, "audiobench.results": 3,
     "audiobench.engine": 4,
-    "audiobench.report": 5, "audiobench.api": 5, "audiobench.sweep": 6, "audiobench.analysis": 5,
+    "audiobench.report": 5, "audiobench.api": 5, "audiobench.prediction": 5, "audiobench.sweep": 6, "audiobench.analysis": 5,
     "audiobench.commands": 7, "audiobench.cli": 8, "audiobench.__main__": 9,
 }
 

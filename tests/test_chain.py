@@ -54,7 +54,7 @@ def test_chain_attacks_the_perturbed_audio_within_eps():
 
 
 def test_run_on_adds_base_and_chained_conditions(tmp_path):
-    from audiobench.commands.run import build_conditions
+    from audiobench.perturb.spec import build_conditions
 
     conds = build_conditions(["pgd"], {"eps": "0.001,0.002", "steps": 2, "on": "gaussian:snr_db=20"})
     assert [c.condition_id for c in conds] == [

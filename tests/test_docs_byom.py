@@ -27,25 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "bring-your-own-model.md"
 BLOCK = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```\s*$", re.M | re.S)
 
-# Until `audiobench run` accepts every model string (commands/run.py checks names with
-# MODELS.get; it is to call audiobench.models.resolve.check_model_source) and `audiobench list
-# models` prints audiobench.models.list_models(), these two commands go through this shim, which
-# makes exactly those two changes and then runs the real CLI.
-CLI_SHIM = '''
-import sys
-from audiobench.models import MODELS, list_models
-from audiobench.models.resolve import check_model_source
-
-_get = MODELS.get
-MODELS.get = lambda name: _get(name) if name in MODELS else check_model_source(name)
-if sys.argv[1:3] == ["list", "models"]:
-    for row in list_models():
-        print(row.line())
-    sys.exit(0)
-from audiobench.cli import main
-main(sys.argv[1:])
-'''
-
 
 def doc_blocks():
     return [(lang, info.strip(), body) for lang, info, body in BLOCK.findall(DOC.read_text())]
@@ -80,7 +61,7 @@ def run_section(text: str, cwd: Path, env: dict) -> list:
                     "--target", str(target)] + args[2:]
             env["PYTHONPATH"] = os.pathsep.join([str(target), env["PYTHONPATH"]])
         elif args[0] == "audiobench":
-            args = [sys.executable, str(cwd / "_cli_shim.py")] + args[1:]
+            args = [sys.executable, "-m", "audiobench"] + args[1:]
         elif args[0] == "python":
             args = [sys.executable] + args[1:]
         proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
@@ -92,7 +73,7 @@ def run_section(text: str, cwd: Path, env: dict) -> list:
 def run_section_here(text: str, cwd: Path, monkeypatch) -> list:
     """Run a section's commands in this process (no interpreter start-up per command: the suite
     stays fast): ``python FILE`` / ``python -c CODE`` as __main__, ``audiobench ...`` through
-    click's CliRunner with the shim's change. Returns [(command, stdout)]."""
+    click's CliRunner. Returns [(command, stdout)]."""
     import contextlib
     import io
     import runpy
@@ -100,14 +81,10 @@ def run_section_here(text: str, cwd: Path, monkeypatch) -> list:
     from click.testing import CliRunner
 
     from audiobench.cli import cli
-    from audiobench.models import MODELS
-    from audiobench.models.resolve import check_model_source
 
     monkeypatch.chdir(cwd)
     monkeypatch.syspath_prepend(str(cwd))  # what `python FILE` puts first on sys.path
     monkeypatch.setenv("AUDIOBENCH_OFFLINE", "1")
-    get = MODELS.get
-    monkeypatch.setattr(MODELS, "get", lambda name: get(name) if name in MODELS else check_model_source(name))
     outputs = []
     for command in _commands(text, cwd):
         args = shlex.split(command)
@@ -129,7 +106,6 @@ def run_section_here(text: str, cwd: Path, monkeypatch) -> list:
 
 @pytest.fixture
 def workdir(tmp_path):
-    (tmp_path / "_cli_shim.py").write_text(CLI_SHIM)
     shutil.copytree(ROOT / "examples" / "plugin", tmp_path / "examples" / "plugin")  # as in a clone
     env = dict(os.environ, PYTHONPATH=str(ROOT), AUDIOBENCH_OFFLINE="1")
     return tmp_path, env

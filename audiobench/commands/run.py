@@ -35,7 +35,9 @@ def parse_checkpoints(value: str | None, models: list[str]) -> dict:
 
 
 @click.command("run")
-@click.option("--model", "models", default=DEFAULT_MODELS, help="Registered model name(s), comma-separated (audiobench list models).")
+@click.option("--model", "models", default=DEFAULT_MODELS,
+              help="Model(s), comma-separated: registered or plugin names (audiobench list models), module:factory, "
+                   "hf:FOLDER, each optionally NAME@VARIANT (fp16, bf16, int8, w4).")
 @click.option("--noise", "noises", default="none", help="Perturbation kind(s), comma-separated (audiobench list perturbations); the clean condition is always included.")
 @click.option("--eps", default=None, help="Attack budget(s) in waveform units (linf: max |delta|; l2: ||delta||_2), comma list.")
 @click.option("--snr", default=None, help="Gaussian noise SNR level(s) in dB, comma list (inf = clean).")
@@ -56,6 +58,8 @@ def parse_checkpoints(value: str | None, models: list[str]) -> dict:
 @click.option("--on", default=None, help="Apply the grid on top of this perturbation, e.g. gaussian:snr_db=20 or 'occlusion:pattern=alternate;period_s=0.5' (PGD on perturbed audio).")
 @click.option("--data", default=None, help="Data manifest (name or .json), HDF5 shard, or AST JSON datafile. Default: the embedded toy set.")
 @click.option("--data-root", default=None, envvar="AUDIOBENCH_DATA", help="Root that manifest shard paths are relative to.")
+@click.option("--label-map", type=click.Path(dir_okay=False), default=None,
+              help="CSV model_class,dataset_class mapping a model's classes onto the dataset's vocabulary.")
 @click.option("--checkpoint", default=None, help="Checkpoint PATH (one model) or NAME=PATH,... (several).")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=int, default=16)
@@ -73,7 +77,7 @@ def parse_checkpoints(value: str | None, models: list[str]) -> dict:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def run(models, noises, eps, snr, sigma, pattern, period, span, fraction, band, fill, fill_level, norm, steps, step_size,
         restarts, eps_max, epochs, on, data, data_root, checkpoint, device, batch_size, limit, seed, precision, bootstrap, out,
-        run_id, resume, save_audio, on_bad_clip, no_trust_checks, random_weights, quiet):
+        run_id, resume, save_audio, on_bad_clip, no_trust_checks, random_weights, quiet, label_map):
     """Run models over a dataset, clean and under each perturbation at each level.
 
     \b
@@ -100,7 +104,7 @@ def run(models, noises, eps, snr, sigma, pattern, period, span, fraction, band, 
         checkpoint=parse_checkpoints(checkpoint, model_list), device=device, batch_size=batch_size, limit=limit,
         seed=seed, out=out, run_id=run_id, resume=resume, precision=precision, bootstrap=bootstrap,
         save_audio=save_audio, weights="random" if random_weights else "default", trust_checks=not no_trust_checks,
-        on_bad_clip=on_bad_clip,
+        on_bad_clip=on_bad_clip, label_map=label_map,
     )
     try:
         result = run_config(config, progress=not quiet, log=lambda m: click.echo(m, err=True))

@@ -36,6 +36,11 @@ class RunConfig:
     weights: str = "default"  # "default" | "random" (benchmarks only)
     trust_checks: bool = True
     on_bad_clip: str = "fail"  # "fail" | "skip" for NaN/inf/out-of-range input samples
+    label_map: Optional[str] = None  # CSV model_class,dataset_class (audiobench.models.labels)
+    # models given as objects (the Python API): name in ``models`` -> nn.Module
+    model_objects: Dict[str, Any] = field(default_factory=dict)
+    # identity of each model object (state-dict sha256), part of the result config
+    object_identity: Dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         """One-line ConfigErrors for values no run can use (checked before any work)."""
@@ -60,10 +65,12 @@ class RunConfig:
         if self.weights not in WEIGHT_CHOICES:
             raise ConfigError(f"weights={self.weights!r} is not one of {', '.join(WEIGHT_CHOICES)}")
         check_precision(self.precision)
+        if self.label_map is not None and not Path(self.label_map).is_file():
+            raise ConfigError(f"--label-map {self.label_map}: file not found")
 
     def result_config(self) -> Dict[str, Any]:
         """The resolved config that determines the numbers (hashed; resume must match it)."""
-        return {
+        out = {
             "models": list(self.models),
             "conditions": [c.to_dict() for c in self.conditions],
             "data": self.data,
@@ -76,3 +83,11 @@ class RunConfig:
             "trust_checks": self.trust_checks,
             "on_bad_clip": self.on_bad_clip,
         }
+        # keys that exist only when used, so the config hash of every other run stays as it was
+        if self.label_map is not None:
+            from audiobench.fileio import sha256_file
+
+            out["label_map"] = {"path": str(self.label_map), "sha256": sha256_file(self.label_map)}
+        if self.object_identity:
+            out["model_objects"] = dict(self.object_identity)
+        return out

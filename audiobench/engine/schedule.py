@@ -152,6 +152,7 @@ class Runner:
             meta["world_size"] = self.dist.world_size
             self.meta = meta
             try:
+                self._load_models()
                 for model_name in self.config.models:
                     self._run_model(model_name, guard)
             except StopRequested:
@@ -170,32 +171,52 @@ class Runner:
         return self.run_dir
 
     def _load_model(self, name: str):
+        """Resolve model ``name`` (registered, plugin, module:factory, hf:, @variant, or an object
+        given to the API), then check it can do what the conditions ask and probe it on a short
+        batch, so a broken model is one line before any work starts."""
         from audiobench.fastpath import prepare_for_attack
-        from audiobench.models import load_model
+        from audiobench.models.contract import check_capabilities, needs_gradient, probe_model
+        from audiobench.models.resolve import resolve_model
 
-        model = load_model(
-            name,
-            checkpoint=self.config.checkpoints.get(name),
-            device=self.device,
-            sample_rate=self.dataset.sample_rate,
-            weights=self.config.weights,
+        cfg = self.config
+        source = cfg.model_objects.get(name, name)
+        model = resolve_model(
+            source, checkpoint=cfg.checkpoints.get(name), device=self.device, sample_rate=self.dataset.sample_rate,
+            weights=cfg.weights, label_map=cfg.label_map, dataset_vocab=self.dataset.vocab,
+            name=name if name in cfg.model_objects else None,
         )
+        check_capabilities(model, cfg.conditions, latent_metrics=False)
+        probe = probe_model(model, sample_rate=self.dataset.sample_rate, n_classes=self.dataset.vocab.size,
+                            needs_grad=needs_gradient(cfg.conditions), device=self.device)
         # The fast path is the default: frozen weights (input-only gradients) and, for CNNs on
         # CUDA under bf16, channels_last. fp32 keeps the default layout so its results are
         # bit-identical to the plain path on every device.
-        return prepare_for_attack(model, self.device, precision=self.config.precision,
-                                  channels_last="auto" if self.config.precision != "fp32" else False)
+        model = prepare_for_attack(model, self.device, precision=cfg.precision,
+                                   channels_last="auto" if cfg.precision != "fp32" else False)
+        return model, probe
+
+    def _load_models(self) -> None:
+        """Load, check and probe every model before the first job runs."""
+        from audiobench.models.resolve import model_provenance
+
+        self._models = {}
+        for model_name in self.config.models:
+            with self.dist.step(f"loading model {model_name}"):
+                model, probe = self._load_model(model_name)
+            provenance = getattr(model, "provenance", None) or model_provenance(model)
+            self.meta["models"][model_name] = {
+                "spec": model.spec.to_dict(),
+                "checkpoint": getattr(model, "checkpoint_path", None),
+                "checkpoint_sha256": getattr(model, "checkpoint_sha256", None),
+                "provenance": provenance,
+                "probe": probe,
+            }
+            if len({m["checkpoint_sha256"] for m in self.dist.all_gather(self.meta["models"][model_name])}) > 1:
+                raise ConfigError(f"model {model_name}: the ranks of this job loaded different checkpoints")
+            self._models[model_name] = model
 
     def _run_model(self, model_name: str, guard: SignalGuard) -> None:
-        with self.dist.step(f"loading model {model_name}"):
-            model = self._load_model(model_name)
-        self.meta["models"][model_name] = {
-            "spec": model.spec.to_dict(),
-            "checkpoint": getattr(model, "checkpoint_path", None),
-            "checkpoint_sha256": getattr(model, "checkpoint_sha256", None),
-        }
-        if len({m["checkpoint_sha256"] for m in self.dist.all_gather(self.meta["models"][model_name])}) > 1:
-            raise ConfigError(f"model {model_name}: the ranks of this job loaded different checkpoints")
+        model = self._models.pop(model_name)
         plan = plan_model(self.config.conditions, self.n_clips, trust_checks=self.config.trust_checks)
         self.plans[model_name] = plan
         self._write_meta()
@@ -224,7 +245,12 @@ class Runner:
         from audiobench.engine.units import unit_dir
 
         u = load_units(unit_dir(self.run_dir, model_name, job.parent), self.n_clips)
-        return np.asarray(u.get("attack_l2", u["l2"]), dtype=np.float64)
+        # a see-through chain records its delta's size before the corruption (pc_attack_l2); a
+        # chain on a base its change after the base (attack_l2); a plain attack: l2
+        for key in ("pc_attack_l2", "attack_l2", "l2"):
+            if key in u:
+                return np.asarray(u[key], dtype=np.float64)
+        return None
 
     def _run_job(self, model_name: str, model, job: Job, guard: SignalGuard) -> None:
         from audiobench.data.batch import Batch

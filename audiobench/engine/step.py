@@ -20,6 +20,7 @@ from audiobench.data.batch import Batch
 from audiobench.device import autocast
 from audiobench.errors import AudiobenchError, DataError
 from audiobench.perturb.base import AttackTrace, Companion, Perturbation, realised_snr_db
+from audiobench.perturb.chain import sees_through
 from audiobench.rng import ClipRNG
 
 
@@ -119,9 +120,14 @@ def evaluate_batch(model, cond: Perturbation, batch: Batch, settings: StepSettin
                 pert = applied(start, model=model, targets=targets, rng=rng, trace=trace, target_l2=l2)
             else:
                 pert = applied(start, model=model, targets=targets, rng=rng, trace=trace)
+            if companion is not None and companion.through is not None:
+                rng0 = ClipRNG.for_clips(settings.seed, batch.clip_ids, companion.base_rng_key, device)
+                with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
+                    pert = companion.through.prepare(start, rng0)(pert).to(pert.dtype).clamp(-1.0, 1.0)
             with torch.no_grad():
                 logits, emb = _forward(model, model.features(pert), want_emb)
-        if settings.record_attack_l2 and companion is None and getattr(cond, "base_perturbation", None) is not None:
+        base = getattr(cond, "base_perturbation", None)
+        if settings.record_attack_l2 and companion is None and base is not None and not sees_through(base):
             # the L2 norm of the attack's own change (pert minus the chain's base output)
             rng0 = ClipRNG.for_clips(settings.seed, batch.clip_ids, cond.condition_key(), device)
             base_out = cond.base_perturbation(clean, model=model, targets=targets, rng=rng0)

@@ -313,7 +313,10 @@ def _probe_gradient(model, name: str, x: torch.Tensor, n_classes: int, seed: int
         raise ModelContractError(f"model {name}: the input gradient holds NaN or inf on a probe batch; attacks need a finite one")
     zero = (grad.abs().amax(dim=1) == 0).nonzero()
     if zero.numel():
-        raise ModelContractError(
-            f"model {name}: the input gradient is zero for probe clip {int(zero[0, 0])} (a flat or saturated model "
-            f"gives attacks nothing to follow)"
-        )
+        # A gradient that exists but is zero is what gradient masking (a defence, or a quantised
+        # front end) looks like: the model is still benchmarked, and the attack trust checks flag
+        # the conditions it makes unreliable ("input gradient zero/NaN/inf for N clips").
+        import warnings
+
+        warnings.warn(f"model {name}: the input gradient is zero on probe clip {int(zero[0, 0])} (gradient masking?); "
+                      f"gradient attacks may fail silently, and the trust checks will say so")

@@ -143,7 +143,8 @@ class Companion:
     noise with the per-clip L2 norm of the attack's own change; ``tenfold``: the attack at 10x its
     eps, once per attack group, for the group member with the largest eps). ``rng_key`` seeds its
     per-clip streams; ``base`` (a chain's base, drawn from the parent's streams) is applied first
-    so references start where the attack started.
+    so references start where the attack started; ``through`` (a corruption) is applied after, so
+    references of "PGD through reverb" also pass through the same room.
     """
 
     role: str
@@ -153,6 +154,9 @@ class Companion:
     same_l2_as_parent: bool = False
     base: Optional["Perturbation"] = None
     base_rng_key: Optional[str] = None
+    #: a corruption the reference is seen through, as a see-through chain's attack is: its draws
+    #: are prepared from the parent's streams (``base_rng_key``) and applied to the result
+    through: Optional["Perturbation"] = None
 
 
 class Perturbation:

@@ -182,10 +182,20 @@ class Chain(Perturbation):
         if not self.is_attack:
             return []
         from audiobench.perturb.attacks import attack_companions
+        from audiobench.perturb.base import TENFOLD_CLIPS, Companion, SameL2Gaussian
 
-        from audiobench.perturb.base import TENFOLD_CLIPS, Companion
-
-        comps = attack_companions(self._attack, tenfold=False, base=self._base, base_rng_key=self.condition_key())
+        key = self.condition_key()
+        if sees_through(self._base) and self._attack.uses_model:
+            # the references pass through the same corruption, with the same draws (this chain's
+            # streams): FGSM through it, and same-size noise added where the attack adds delta
+            comps = []
+            if self._attack.name != "fgsm":
+                fgsm = Chain(base=self.base, attack={"perturbation": "fgsm", "eps": self.eps, "norm": self.norm})
+                comps.append(Companion("fgsm", fgsm, key))
+            comps.append(Companion("gauss-same-l2", SameL2Gaussian(), key + "#gauss-same-l2", same_l2_as_parent=True,
+                                   through=self._base, base_rng_key=key))
+        else:
+            comps = attack_companions(self._attack, tenfold=False, base=self._base, base_rng_key=key)
         strong = self.replace_level(float(self.eps) * 10.0)
         comps.append(Companion("tenfold", strong, strong.condition_key() + "#tenfold", clip_limit=TENFOLD_CLIPS))
         return comps
@@ -209,4 +219,6 @@ class Chain(Perturbation):
         with torch.no_grad():
             out = attacked.corrupt(x_adv.detach())
         base.record(trace, waveform, out, prepared)
+        if trace is not None:  # the size of the attack's own change, before the corruption (trust)
+            trace.add_per_clip("attack_l2", (x_adv.detach().float() - waveform.float()).flatten(1).norm(dim=1))
         return out
