@@ -7,9 +7,11 @@
 Any option may be a single value, a list, or a comma-separated string (numbers parsed with
 :func:`parse_levels`); the grid is the cartesian product of all list-valued options, in the order
 given, duplicates removed. ``None`` values are ignored (unset CLI options). CLI spellings
-``snr``, ``period``, ``span``, ``band``, ``fill_level`` are accepted for ``snr_db``, ``period_s``,
-``span_s``, ``band_hz``, ``fill_level_db``. Options that are not fields of the kind are an error,
-unless ``strict=False`` (one option set shared by several kinds in a run).
+``snr``, ``period``, ``span``, ``band``, ``fill_level``, ``attack_band``, ``attack_span`` are
+accepted for ``snr_db``, ``period_s``, ``span_s``, ``band_hz``, ``fill_level_db``,
+``attack_band_hz``, ``attack_span_s``. Options that are not fields of the kind are an error,
+unless ``strict=False`` (one option set shared by several kinds in a run). A grid of more than
+``max_cells`` combinations (default :data:`MAX_CELLS`) is refused before any is built.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ from typing import Any, Dict, List
 
 from audiobench.errors import ConfigError
 
-ALIASES = {"snr": "snr_db", "period": "period_s", "span": "span_s", "band": "band_hz", "fill_level": "fill_level_db"}
+ALIASES = {"snr": "snr_db", "period": "period_s", "span": "span_s", "band": "band_hz", "fill_level": "fill_level_db",
+           "attack_band": "attack_band_hz", "attack_span": "attack_span_s"}
+# The most conditions one expand_grid call may build; the product is counted before anything is
+# built, so a tiny sweep file with a few long lists is refused at once instead of filling memory.
+MAX_CELLS = 10_000
 
 
 def parse_levels(text: Any) -> List[float]:
@@ -107,7 +113,7 @@ def _values(kind: str, name: str, field: str, value: Any) -> List[Any]:
     return [value]
 
 
-def expand_grid(kind: str, *, strict: bool = True, **options: Any) -> list:
+def expand_grid(kind: str, *, strict: bool = True, max_cells: int = MAX_CELLS, **options: Any) -> list:
     """One validated perturbation per combination of option values (see module docstring)."""
     from audiobench.perturb import PERTURBATIONS
 
@@ -128,6 +134,10 @@ def expand_grid(kind: str, *, strict: bool = True, **options: Any) -> list:
             raise ConfigError(f"{kind} {field}: empty list of values")
         names.append(field)
         value_lists.append(vals)
+    cells = math.prod(len(v) for v in value_lists)
+    if cells > max_cells:
+        sizes = " x ".join(f"{len(v)} {n}" for n, v in zip(names, value_lists))
+        raise ConfigError(f"{kind}: {sizes} makes {cells} conditions, more than the limit of {max_cells}")
     out, seen = [], set()
     for combo in itertools.product(*value_lists):
         p = cls(**dict(zip(names, combo)))
