@@ -146,3 +146,37 @@ def expand_grid(kind: str, *, strict: bool = True, max_cells: int = MAX_CELLS, *
             seen.add(key)
             out.append(p)
     return out
+
+
+def octave_bands(sample_rate: int, lowest_hz: float = 62.5) -> List[tuple]:
+    """Octave bands (lo, 2·lo) from ``lowest_hz`` up, plus (0, lowest_hz) below them: together they
+    cover 0 Hz to Nyquist (``sample_rate / 2``) without gaps. The last band ends at Nyquist; a
+    leftover of less than half an octave above the last whole octave joins it."""
+    if not lowest_hz > 0:
+        raise ConfigError(f"octave_bands: lowest_hz must be > 0, got {lowest_hz!r}")
+    nyquist = sample_rate / 2.0
+    if lowest_hz >= nyquist:
+        raise ConfigError(f"octave_bands: lowest_hz {lowest_hz:g} is not below Nyquist ({nyquist:g} Hz)")
+    bands = [(0.0, float(lowest_hz))]
+    lo = float(lowest_hz)
+    while lo < nyquist:
+        hi = min(lo * 2.0, nyquist)
+        if nyquist / hi < 2 ** 0.5:  # what would be left above is under half an octave
+            hi = nyquist
+        bands.append((lo, hi))
+        lo = hi
+    return bands
+
+
+def band_sweep(bands, *, eps: float = 0.002, kind: str = "pgd", **fields: Any) -> list:
+    """The band-limited attack conditions of a band sweep: one ``kind`` condition per band at the
+    fixed ``eps`` (``attack_band_hz`` set to each (lo, hi) in Hz), other fields as given (e.g.
+    ``steps``, ``norm``, ``attack_mask``). Bands may be (lo, hi) pairs or 'lo-hi' strings; see
+    :func:`octave_bands`. Bind the data's rate with ``with_sample_rate`` before use (the engine
+    does). Draw the result with :func:`audiobench.report.footprint.plot_band_sweep`."""
+    band_list = list(bands)
+    if not band_list:
+        raise ConfigError("band_sweep: no bands given")
+    if "attack_band_hz" in fields:
+        raise ConfigError("band_sweep: give the bands as the first argument, not attack_band_hz")
+    return expand_grid(kind, eps=[float(eps)], attack_band_hz=band_list, **fields)
