@@ -564,3 +564,6 @@ ACCEPTED: List[tuple] = [
 def case_ids() -> List[str]:
     return [c.id for c in CASES]
 
+
+from hostile_cases_attacks import CASES as _ATTACKS_CASES  # noqa: E402
+CASES += _ATTACKS_CASES

@@ -44,15 +44,16 @@ def _require(df, columns: Sequence[str], what: str) -> None:
 
 
 def _hz_label(f: float) -> str:
-    return f"{f / 1000:g}k" if f >= 1000 else f"{f:g}"
+    return f"{f / 1000:.3g}k" if f >= 1000 else f"{f:.3g}"
 
 
 def plot_footprints(df, *, vmin: Optional[float] = None, vmax: Optional[float] = None):
     """Heatmaps of ``relative_db`` (delta energy / clean energy per cell, dB): one row of panels per
     condition, one column per model, on a shared colour scale (``vmin``/``vmax``: default the
     finite range of the data, at most 80 dB wide, ending at its maximum). Cells where the clean
-    audio has no energy at all (padding) but delta has are drawn at the top of the scale; each
-    panel's title gives the share of delta's energy on padded samples."""
+    audio has no energy at all (padding) but delta has are drawn at the top of the scale, cells
+    where delta is exactly zero (outside a time window) at the bottom; each panel's title gives
+    the share of delta's energy on padded samples."""
     _require(df, FOOTPRINT_COLUMNS, "plot_footprints")
     if len(df) == 0:
         raise ValueError("plot_footprints: no rows")
@@ -79,7 +80,7 @@ def plot_footprints(df, *, vmin: Optional[float] = None, vmax: Optional[float] =
             n_s = int(part["segment"].max()) + 1
             grid = np.full((n_b, n_s), np.nan)
             vals = part["relative_db"].to_numpy(dtype=np.float64)
-            vals = np.where(np.isposinf(vals), hi, vals)
+            vals = np.where(np.isposinf(vals), hi, np.where(np.isneginf(vals), lo, vals))  # delta alone / no delta
             grid[part["band"].to_numpy(int), part["segment"].to_numpy(int)] = vals
             seg_edges = np.r_[np.sort(part.groupby("segment")["segment_start_s"].first().to_numpy()),
                               float(part["segment_end_s"].max())]
