@@ -139,6 +139,8 @@ def test_limits_are_in_the_condition_and_need_the_sample_rate(model):
     key = bound.condition_key()
     assert "attack_mask='padding'" in key and "attack_band_hz=(500.0, 2000.0)" in key and f"sample_rate={SR}" in key
     assert bound.to_dict()["attack_mask"] == "padding"
+    ref = FGSM(eps=0.002, **bound.limits())  # a reference attack living where this one does
+    assert ref.variant == bound.variant and ref.sample_rate == SR
     assert PGD(eps=0.002, attack_mask="padding").condition_key() != PGD(eps=0.002).condition_key()
     with pytest.raises(ConfigError, match="sample_rate"):
         p(waves(1, N), model=model, targets=targets_for(1, 6), rng=rng_for([0]))

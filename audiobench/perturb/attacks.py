@@ -599,6 +599,12 @@ class _WaveformAttack(_Attack):
                 raise ConfigError(f"{self.name} attack_band_hz {format_level(self.attack_band_hz)} Hz starts at or above "
                                   f"Nyquist ({self.sample_rate / 2:g} Hz)")
 
+    def limits(self) -> dict:
+        """The limit fields as keyword arguments (for a reference attack, e.g. the trust checks'
+        FGSM, that must live where this one does): attack_band_hz, attack_span_s, attack_mask,
+        sample_rate."""
+        return {k: getattr(self, k) for k in (*_LIMITS_OFF, "sample_rate")}
+
     @property
     def limited(self) -> bool:
         """Whether delta is limited to a band, a time window or the non-padded samples."""
