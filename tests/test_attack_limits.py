@@ -199,6 +199,11 @@ def test_footprint_of_a_sine_lands_in_its_cell():
     row = df[(df["segment"] == 1) & (df["band"] == top["band"])].iloc[0]
     assert row["relative_db"] == pytest.approx(10 * math.log10(row["delta_energy"] / row["clean_energy"]))
     assert np.isinf(df[(df["segment"] == 2)]["relative_db"]).sum() == 0  # clip 0 has clean energy there
+    # sums over clips (what a stored unit may keep) give the same table
+    summed = {k: v.sum(axis=0, keepdims=True) for k, v in per_clip.items()}
+    df2 = summarise_footprint(summed, cells.band_edges_hz, cells.segment_edges_s, n_clips=2)
+    np.testing.assert_allclose(df2["relative_db"], df["relative_db"])
+    assert df2["n_clips"].iloc[0] == 2 and df2["padding_share"].iloc[0] == df["padding_share"].iloc[0]
 
 
 def test_footprint_plots_return_figures():

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -165,8 +165,12 @@ def _db(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.where((den == 0) & (num == 0), np.nan, r)
 
 
-def summarise_footprint(per_clip: Dict[str, np.ndarray], band_edges_hz, segment_edges_s):
+def summarise_footprint(per_clip: Dict[str, np.ndarray], band_edges_hz, segment_edges_s, n_clips: Optional[int] = None):
     """Tidy table of the footprint over clips: one row per (band, segment).
+
+    ``per_clip``: the arrays of :func:`footprint_per_clip` concatenated over clips, or any
+    partial sums of them over clips (e.g. one row per stored unit: only sums are used), then give
+    ``n_clips`` (default: the length of the first axis).
 
     Averaging: energies are SUMMED over clips before any ratio (an energy-weighted mean; a cell
     where a clip is silent cannot give an infinite or undefined ratio unless every clip is silent
@@ -190,7 +194,8 @@ def summarise_footprint(per_clip: Dict[str, np.ndarray], band_edges_hz, segment_
         raise ValueError(f"delta_energy and clean_energy must be (clips, bands, segments), got {de.shape} and {ce.shape}")
     bands = np.asarray(band_edges_hz, dtype=np.float64)
     segs = np.asarray(segment_edges_s, dtype=np.float64)
-    n_clips, n_bands, n_segments = de.shape
+    n_rows, n_bands, n_segments = de.shape
+    n_clips = n_rows if n_clips is None else int(n_clips)
     if len(bands) != n_bands + 1 or len(segs) != n_segments + 1:
         raise ValueError(f"{n_bands} bands x {n_segments} segments need {n_bands + 1} band edges and {n_segments + 1} "
                          f"segment edges, got {len(bands)} and {len(segs)}")
