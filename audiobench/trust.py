@@ -7,7 +7,9 @@ group, the attack at ten times its largest eps on the first 32 clips. :func:`ass
 (numbers in, verdicts out): it flags a condition ``suspect`` (with reasons, in run.json and the
 ``suspect`` column of metrics.csv) when
 
-1. the mean loss does not increase from the first to the last step;
+1. the best-so-far mean loss (the loss of the points the result uses) does not increase over the
+   steps (a trace whose last step collapses far below its peak is noted, not flagged: the
+   result keeps the best point, but the step size overshoots);
 2. the attack is weaker (higher mAP) than FGSM, or than Gaussian noise of the same L2 norm;
 3. robustness does not fall as eps grows (mAP rises with eps within a group while the attack's
    final loss does not grow either);
@@ -22,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from audiobench.perturb.base import loss_trace_findings
 
 MAP_TOLERANCE = 0.005  # mAP differences below this are noise, not a finding
 NEAR_CHANCE_FRACTION = 0.2
@@ -48,6 +52,7 @@ class AttackEvidence:
     map_attack: float
     loss_sum_per_step: Sequence[float] = ()
     n_per_step: Sequence[float] = ()
+    best_loss_sum_per_step: Optional[Sequence[float]] = None
     n_clips: int = 0
     bad_grad_clips: int = 0
     map_fgsm: Optional[float] = None
@@ -55,13 +60,25 @@ class AttackEvidence:
     tenfold: Optional[TenfoldEvidence] = None
     extra_findings: List[str] = field(default_factory=list)
 
-    @property
-    def loss_per_step(self) -> np.ndarray:
-        sums = np.asarray(self.loss_sum_per_step, dtype=np.float64)
+    def _means(self, sums) -> np.ndarray:
+        sums = np.asarray(sums, dtype=np.float64)
         counts = np.asarray(self.n_per_step, dtype=np.float64)
         if not len(sums) or len(counts) != len(sums):
             return np.zeros(0)
         return sums / np.maximum(counts, 1)
+
+    @property
+    def loss_per_step(self) -> np.ndarray:
+        return self._means(self.loss_sum_per_step)
+
+    @property
+    def best_loss_per_step(self) -> np.ndarray:
+        """Mean best-so-far loss per step (units written before it was recorded: the running
+        maximum of the mean loss, a lower bound)."""
+        if self.best_loss_sum_per_step is None or not len(self.best_loss_sum_per_step):
+            loss = self.loss_per_step
+            return np.maximum.accumulate(loss) if len(loss) else loss
+        return self._means(self.best_loss_sum_per_step)
 
 
 def chance_map(targets: np.ndarray) -> float:
@@ -79,9 +96,10 @@ def assess(evidence: Sequence[AttackEvidence]) -> Dict[str, Dict]:
     maps = {e.condition_id: e.map_attack for e in evidence}
     for e in evidence:
         reasons: List[str] = []
-        loss = e.loss_per_step
-        if len(loss) >= 2 and not loss[-1] > loss[0] + 1e-7:
-            reasons.append(f"loss did not increase ({loss[0]:.4g} -> {loss[-1]:.4g})")
+        notes: List[str] = []
+        loss, best = e.loss_per_step, e.best_loss_per_step
+        for finding in loss_trace_findings(loss, best):
+            (notes if finding.startswith("last-step loss collapsed") else reasons).append(finding)
         reasons.extend(e.extra_findings)
         if e.map_fgsm is not None and e.map_attack > e.map_fgsm + MAP_TOLERANCE:
             reasons.append(f"weaker than FGSM at the same eps (mAP {e.map_attack:.4f} > {e.map_fgsm:.4f})")
@@ -96,9 +114,12 @@ def assess(evidence: Sequence[AttackEvidence]) -> Dict[str, Dict]:
             if t.map_strong - t.chance > margin:
                 reasons.append(f"10x eps ({t.eps:g}) leaves mAP {t.map_strong:.4f} far above chance {t.chance:.4f} "
                                f"(clean {t.map_clean:.4f})")
-        verdicts[e.condition_id] = {"suspect": bool(reasons), "reasons": reasons, "loss_per_step": [float(x) for x in loss],
+        verdicts[e.condition_id] = {"suspect": bool(reasons), "reasons": reasons, "notes": notes,
+                                    "loss_per_step": [float(x) for x in loss],
+                                    "best_loss_per_step": [float(x) for x in best],
                                     "bad_grad_fraction": (bad / n) if n else 0.0}
-        by_group.setdefault(tuple(e.group), []).append((float(e.eps), e.condition_id, float(loss[-1]) if len(loss) else float("nan")))
+        # the eps-monotonicity check compares what the results use: the best-so-far loss
+        by_group.setdefault(tuple(e.group), []).append((float(e.eps), e.condition_id, float(best[-1]) if len(best) else float("nan")))
     for items in by_group.values():
         items.sort()
         for (e0, c0, l0), (e1, c1, l1) in zip(items, items[1:]):

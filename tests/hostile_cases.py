@@ -569,5 +569,6 @@ def case_ids() -> List[str]:
 from hostile_cases_data import CASES as _DATA_CASES  # noqa: E402
 from hostile_cases_archs import CASES as _ARCHS_CASES  # noqa: E402
 from hostile_cases_metrics import CASES as _METRICS_CASES  # noqa: E402
+from hostile_cases_attacks import CASES as _ATTACKS_CASES  # noqa: E402
 
-CASES += _DATA_CASES + _ARCHS_CASES + _METRICS_CASES
+CASES += _DATA_CASES + _ARCHS_CASES + _METRICS_CASES + _ATTACKS_CASES

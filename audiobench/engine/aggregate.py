@@ -40,6 +40,7 @@ def trust_evidence(plan: ModelPlan, units: Dict[int, Dict[str, np.ndarray]], com
             condition_id=cond.condition_id, group=tuple(cond.trust_group), eps=float(cond.eps),
             map_attack=_map(u["logits"].astype(np.float64), targets, use_clean),
             loss_sum_per_step=u.get("trace_loss_sum", ()), n_per_step=u.get("trace_n_per_step", ()),
+            best_loss_sum_per_step=u.get("trace_best_loss_sum"),
             n_clips=int(u.get("trace_n", 0)), bad_grad_clips=int(u.get("trace_bad_grad", 0)),
         )
         for job in plan.companions_of(ci):

@@ -46,19 +46,9 @@ def perturbation_geometry(clean: torch.Tensor, pert: torch.Tensor) -> Dict[str, 
 
 
 def trace_arrays(trace: AttackTrace) -> Dict[str, np.ndarray]:
-    """The attack trace as unit arrays (per-step sums, counts; ``pc_<name>`` per-clip values)."""
-    out = {
-        "trace_loss_sum": np.asarray(trace.loss_sum_per_step, dtype=np.float64),
-        "trace_n_per_step": np.asarray(trace.n_per_step, dtype=np.int64),
-        "trace_n": np.asarray(trace.n_clips, dtype=np.int64),
-        "trace_bad_grad": np.asarray(trace.bad_grad_clips, dtype=np.int64),
-    }
-    best = getattr(trace, "best_loss_sum_per_step", None)
-    if best is not None:
-        out["trace_best_loss_sum"] = np.asarray(best, dtype=np.float64)
-    for k, v in getattr(trace, "per_clip", {}).items():
-        out[f"pc_{k}"] = np.asarray(v, dtype=np.float64)
-    return out
+    """The attack trace as unit arrays (:meth:`AttackTrace.to_arrays`: per-step loss and
+    best-so-far sums, counts; ``pc_<name>`` per-clip values)."""
+    return trace.to_arrays()
 
 
 def _forward(model, features, want_embedding: bool):

@@ -41,9 +41,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
 import torch
+
+
+# Judging a loss trace (loss_trace_findings): the best-so-far mean loss must rise above its start
+# by more than LOSS_TOLERANCE; the last step "collapses" when it keeps less than
+# COLLAPSE_FRACTION of the peak's gain over the starting loss.
+LOSS_TOLERANCE = 1e-7
+COLLAPSE_FRACTION = 0.5
 
 
 @dataclass
@@ -54,12 +61,20 @@ class AttackTrace:
     mean per step after :meth:`merge` is exact whatever the batch split.
 
     * ``loss_sum_per_step[t]`` / ``n_per_step[t]``: sum over clips of the per-clip loss at step
-      ``t`` (step 0 = the starting point) and how many clips contributed;
-      ``loss_per_step`` gives the means.
+      ``t`` (step 0 = the starting point; with restarts, the per-clip max over restarts) and how
+      many clips contributed; ``loss_per_step`` gives the means.
+    * ``best_loss_sum_per_step[t]``: sum over the same clips of the per-clip best-so-far loss:
+      the highest loss of the clip seen at steps 0..t (max over restarts). At the last step it
+      is the loss of the point the attack returns (pgd, apgd and feature-pgd return the per-clip
+      best point; for fgsm, and kinds that return their last point, it equals the step loss).
+      ``best_loss_per_step`` gives the means.
     * ``n_clips``: clips attacked; ``bad_grad_clips``: clips whose input gradient was, at some
       step, all zero or contained NaN/inf.
     * ``per_clip``: name → list of per-clip values in the order the clips were attacked (e.g.
       ``"min_eps"``, ``"bad_grad_steps"``); merge concatenates, so merge in clip order.
+
+    :meth:`to_arrays` / :meth:`from_arrays` give the arrays a stored unit holds (the per-step sums
+    add up across units exactly like the existing ``trace_loss_sum``).
     """
 
     loss_sum_per_step: List[float] = field(default_factory=list)
@@ -67,19 +82,34 @@ class AttackTrace:
     n_clips: int = 0
     bad_grad_clips: int = 0
     per_clip: Dict[str, List[float]] = field(default_factory=dict)
+    best_loss_sum_per_step: List[float] = field(default_factory=list)
 
-    def add_step(self, step: int, mean_loss: float, n: int) -> None:
-        """Add the mean loss over ``n`` clips at ``step`` (stored as a sum, so means stay exact)."""
+    def _grow(self, step: int) -> None:
         while len(self.loss_sum_per_step) <= step:
             self.loss_sum_per_step.append(0.0)
             self.n_per_step.append(0)
+        while len(self.best_loss_sum_per_step) < len(self.loss_sum_per_step):
+            self.best_loss_sum_per_step.append(0.0)
+
+    def add_step(self, step: int, mean_loss: float, n: int, best_mean_loss: Optional[float] = None) -> None:
+        """Add the mean loss over ``n`` clips at ``step`` (stored as a sum, so means stay exact),
+        and their mean best-so-far loss (``None``: the same as ``mean_loss``, for an attack whose
+        result is its current point)."""
+        self._grow(step)
+        best = mean_loss if best_mean_loss is None else best_mean_loss
         self.loss_sum_per_step[step] += float(mean_loss) * int(n)
+        self.best_loss_sum_per_step[step] += float(best) * int(n)
         self.n_per_step[step] += int(n)
 
     @property
     def loss_per_step(self) -> List[float]:
         """Mean loss over all clips recorded, per step."""
         return [s / n if n else float("nan") for s, n in zip(self.loss_sum_per_step, self.n_per_step)]
+
+    @property
+    def best_loss_per_step(self) -> List[float]:
+        """Mean best-so-far loss over all clips recorded, per step (non-decreasing)."""
+        return [s / n if n else float("nan") for s, n in zip(self.best_loss_sum_per_step, self.n_per_step)]
 
     def add_clips(self, n: int, bad_grad: int = 0) -> None:
         self.n_clips += int(n)
@@ -94,28 +124,104 @@ class AttackTrace:
     def bad_grad_fraction(self) -> float:
         return self.bad_grad_clips / self.n_clips if self.n_clips else 0.0
 
+    def merge_steps(self, other: "AttackTrace") -> "AttackTrace":
+        """Add only ``other``'s per-step sums (step and best-so-far) into ``self``."""
+        for t, n in enumerate(other.n_per_step):
+            self._grow(t)
+            self.loss_sum_per_step[t] += other.loss_sum_per_step[t]
+            best = other.best_loss_sum_per_step[t] if t < len(other.best_loss_sum_per_step) else other.loss_sum_per_step[t]
+            self.best_loss_sum_per_step[t] += best
+            self.n_per_step[t] += n
+        return self
+
     def merge(self, other: "AttackTrace") -> "AttackTrace":
         """Add ``other`` into ``self`` (in place) and return ``self``."""
-        for t, (s, n) in enumerate(zip(other.loss_sum_per_step, other.n_per_step)):
-            while len(self.loss_sum_per_step) <= t:
-                self.loss_sum_per_step.append(0.0)
-                self.n_per_step.append(0)
-            self.loss_sum_per_step[t] += s
-            self.n_per_step[t] += n
+        self.merge_steps(other)
         self.n_clips += other.n_clips
         self.bad_grad_clips += other.bad_grad_clips
         for k, v in other.per_clip.items():
             self.per_clip.setdefault(k, []).extend(v)
         return self
 
+    def findings(self) -> List[str]:
+        """:func:`loss_trace_findings` of this trace's mean losses."""
+        return loss_trace_findings(self.loss_per_step, self.best_loss_per_step)
+
     def to_dict(self) -> Dict[str, Any]:
         return {
             "loss_per_step": self.loss_per_step,
+            "best_loss_per_step": self.best_loss_per_step,
             "n_per_step": list(self.n_per_step),
             "n_clips": self.n_clips,
             "bad_grad_clips": self.bad_grad_clips,
             "bad_grad_fraction": self.bad_grad_fraction,
         }
+
+    def to_arrays(self) -> Dict[str, Any]:
+        """numpy arrays for a stored unit: ``trace_loss_sum``, ``trace_best_loss_sum`` (float64,
+        (steps + 1,)), ``trace_n_per_step`` (int64), ``trace_n``, ``trace_bad_grad`` (int64
+        scalars) and ``pc_<name>`` per-clip lists. Units merge by adding the per-step arrays
+        (zero-padded to the longest) and the scalars, and concatenating the ``pc_`` arrays."""
+        import numpy as np
+
+        self._grow(len(self.loss_sum_per_step) - 1)
+        out = {
+            "trace_loss_sum": np.asarray(self.loss_sum_per_step, dtype=np.float64),
+            "trace_best_loss_sum": np.asarray(self.best_loss_sum_per_step, dtype=np.float64),
+            "trace_n_per_step": np.asarray(self.n_per_step, dtype=np.int64),
+            "trace_n": np.asarray(self.n_clips, dtype=np.int64),
+            "trace_bad_grad": np.asarray(self.bad_grad_clips, dtype=np.int64),
+        }
+        for k, v in self.per_clip.items():
+            out[f"pc_{k}"] = np.asarray(v, dtype=np.float64)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Dict[str, Any]) -> "AttackTrace":
+        """The trace of (merged) unit arrays written by :meth:`to_arrays`. Units stored before the
+        best-so-far sums existed have no ``trace_best_loss_sum``: their best-so-far trace is then
+        rebuilt as the running maximum of the mean step loss, a lower bound of the true mean."""
+        import numpy as np
+
+        sums = [float(v) for v in np.asarray(arrays.get("trace_loss_sum", []), dtype=np.float64).reshape(-1)]
+        counts = [int(v) for v in np.asarray(arrays.get("trace_n_per_step", []), dtype=np.int64).reshape(-1)]
+        if "trace_best_loss_sum" in arrays:
+            best = [float(v) for v in np.asarray(arrays["trace_best_loss_sum"], dtype=np.float64).reshape(-1)]
+        else:
+            means = [s / n if n else 0.0 for s, n in zip(sums, counts)]
+            best = [float(m) * n for m, n in zip(np.maximum.accumulate(means) if means else [], counts)]
+        per_clip = {k[3:]: [float(v) for v in np.asarray(a).reshape(-1)] for k, a in arrays.items() if k.startswith("pc_")}
+        return cls(loss_sum_per_step=sums, n_per_step=counts, n_clips=int(arrays.get("trace_n", 0)),
+                   bad_grad_clips=int(arrays.get("trace_bad_grad", 0)), per_clip=per_clip, best_loss_sum_per_step=best)
+
+
+def loss_trace_findings(loss_per_step: Sequence[float], best_loss_per_step: Sequence[float]) -> List[str]:
+    """What is wrong with an attack's mean loss trace, as one-line findings (empty: nothing).
+
+    * The best-so-far trace (what the result uses) must rise: a finding when its last value is
+      not above its first by more than ``LOSS_TOLERANCE`` ("best-so-far loss did not increase").
+    * The last iterate must not collapse far below the peak: with ``gain(t) = loss[t] - loss[0]``,
+      a finding when the peak gain is positive and the last step keeps less than
+      ``COLLAPSE_FRACTION`` (one half) of it. The result is unaffected (attacks return the best
+      point), but such a trace says the step size overshoots: the iterate is thrown off the
+      high-loss region it found (docs/attacks.md, "The loss trace on real audio").
+
+    Non-finite entries (no clip recorded at a step) are ignored; fewer than two finite steps
+    give no finding.
+    """
+    out: List[str] = []
+    best = [float(v) for v in best_loss_per_step if math.isfinite(float(v))]
+    if len(best) >= 2 and not best[-1] > best[0] + LOSS_TOLERANCE:
+        out.append(f"best-so-far loss did not increase ({best[0]:.4g} -> {best[-1]:.4g})")
+    loss = [float(v) for v in loss_per_step if math.isfinite(float(v))]
+    if len(loss) >= 2:
+        peak_t = max(range(len(loss)), key=lambda i: loss[i])
+        peak_gain = loss[peak_t] - loss[0]
+        last_gain = loss[-1] - loss[0]
+        if peak_gain > LOSS_TOLERANCE and last_gain < COLLAPSE_FRACTION * peak_gain:
+            out.append(f"last-step loss collapsed to {loss[-1]:.4g} from its peak {loss[peak_t]:.4g} at step {peak_t} "
+                       f"(start {loss[0]:.4g}; keeps {max(last_gain, 0.0) / peak_gain:.0%} of the peak's gain)")
+    return out
 
 
 def format_level(value: Any) -> str:
@@ -251,12 +357,18 @@ class SameL2Gaussian(Perturbation):
     engine passes the norms as ``target_l2`` (batch,) in waveform units."""
 
     name: ClassVar[str] = "gauss-same-l2"
+    #: a limited attack (band, time window, padding mask): the noise lives where its delta does
+    subspace_of: Optional["Perturbation"] = None
 
     def __call__(self, waveform: torch.Tensor, *, model=None, targets=None, rng=None, trace=None,
                  target_l2: Optional[torch.Tensor] = None) -> torch.Tensor:
         if target_l2 is None:
             raise TypeError("gauss-same-l2 needs target_l2, the per-clip L2 norms of the attack's change")
         noise = rng.normal(waveform.shape[1])
+        if self.subspace_of is not None:
+            subspace = self.subspace_of.subspace_for(waveform)
+            if subspace is not None:
+                noise = subspace.apply(noise.to(waveform.device))
         l2 = target_l2.to(device=waveform.device, dtype=noise.dtype)
         noise = noise * (l2 / noise.pow(2).sum(dim=1).sqrt().clamp_min(1e-12))[:, None]
         return (waveform + noise).clamp(-1.0, 1.0)

@@ -27,16 +27,25 @@ def _build(spec: Dict[str, Any], what: str) -> Perturbation:
 
 
 def parse_on(text: str) -> Dict[str, Any]:
-    """``'gaussian:snr_db=20'`` or ``'occlusion:pattern=alternate;period_s=0.5'`` → a spec dict."""
+    """``'gaussian:snr_db=20'`` or ``'occlusion:pattern=alternate;period_s=0.5'`` → a spec dict.
+
+    One-line ConfigErrors for a chain as the base (a chain's parts cannot be written as
+    FIELD=VALUE), a field given twice, a missing ``=`` and anything the kind refuses.
+    """
     from audiobench.perturb.grid import ALIASES
 
     kind, _, rest = str(text).partition(":")
-    spec: Dict[str, Any] = {"perturbation": kind.strip()}
+    kind = kind.strip()
+    if kind == "chain":
+        raise ConfigError(f"--on {text!r}: the base cannot itself be a chain; give one perturbation, e.g. gaussian:snr_db=20")
+    spec: Dict[str, Any] = {"perturbation": kind}
     for item in filter(None, (p.strip() for p in rest.split(";"))):
         key, eq, value = item.partition("=")
         if not eq:
             raise ConfigError(f"--on {text!r}: expected KIND:FIELD=VALUE[;FIELD=VALUE...]")
         key = ALIASES.get(key.strip(), key.strip())
+        if key in spec:
+            raise ConfigError(f"--on {text!r}: field {key!r} is given twice")
         value = value.strip()
         try:
             spec[key] = int(value) if value.lstrip("-").isdigit() else float(value)

@@ -14,8 +14,9 @@ from typing import Optional
 
 import torch
 
+from audiobench.errors import ConfigError
 from audiobench.perturb import register_perturbation
-from audiobench.perturb.attacks import _Attack, _check_model, _validate_attack, attack_companions, pgd
+from audiobench.perturb.attacks import MAX_FEATURE_EPS, _Attack, _check_model, _validate_attack, attack_companions, pgd
 from audiobench.perturb.base import Perturbation, check_finite
 
 
@@ -46,6 +47,8 @@ class FeatureGaussian(_FeatureDomain):
     def __post_init__(self):
         check_finite("feature-gaussian sigma", self.sigma, non_negative=True)
         self.sigma = float(self.sigma)
+        if self.sigma > MAX_FEATURE_EPS:
+            raise ConfigError(f"feature-gaussian sigma must be <= {MAX_FEATURE_EPS:g} (normalised feature units), got {self.sigma:g}")
 
     def perturb_features(self, features, *, model=None, targets=None, rng=None, trace=None):
         if self.sigma == 0:
@@ -58,8 +61,9 @@ class FeatureGaussian(_FeatureDomain):
 @dataclass
 class FeaturePGD(_Attack, _FeatureDomain):
     """PGD on the normalised features (BCE over all classes, as :class:`~audiobench.perturb.attacks.PGD`)
-    with ``eps`` in feature units, ``norm`` linf/l2 over the whole feature tensor of a clip, no
-    range clamp. NOT comparable across models (feature scales differ); Li et al. 2022."""
+    with ``eps`` (and ``step_size``) in feature units, at most 1e3, ``norm`` linf/l2 over the whole
+    feature tensor of a clip, no range clamp; returns the per-clip best point. NOT comparable
+    across models (feature scales differ); Li et al. 2022."""
 
     name = "feature-pgd"
 
@@ -71,10 +75,7 @@ class FeaturePGD(_Attack, _FeatureDomain):
     restarts: int = 1
 
     def __post_init__(self):
-        _validate_attack(self)
-        if self.step_size is not None:
-            check_finite("feature-pgd step_size", self.step_size, positive=True)
-            self.step_size = float(self.step_size)
+        _validate_attack(self, max_linf=MAX_FEATURE_EPS, max_l2=MAX_FEATURE_EPS, units="normalised feature units")
 
     def companions(self):
         # FGSM and same-L2 Gaussian references are defined in waveform space; the 10x-eps check

@@ -7,9 +7,11 @@
 Any option may be a single value, a list, or a comma-separated string (numbers parsed with
 :func:`parse_levels`); the grid is the cartesian product of all list-valued options, in the order
 given, duplicates removed. ``None`` values are ignored (unset CLI options). CLI spellings
-``snr``, ``period``, ``span``, ``band``, ``fill_level`` are accepted for ``snr_db``, ``period_s``,
-``span_s``, ``band_hz``, ``fill_level_db``. Options that are not fields of the kind are an error,
-unless ``strict=False`` (one option set shared by several kinds in a run).
+``snr``, ``period``, ``span``, ``band``, ``fill_level``, ``attack_band``, ``attack_span`` are
+accepted for ``snr_db``, ``period_s``, ``span_s``, ``band_hz``, ``fill_level_db``,
+``attack_band_hz``, ``attack_span_s``. Options that are not fields of the kind are an error,
+unless ``strict=False`` (one option set shared by several kinds in a run). A grid of more than
+``max_cells`` combinations (default :data:`MAX_CELLS`) is refused before any is built.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ from typing import Any, Dict, List
 
 from audiobench.errors import ConfigError
 
-ALIASES = {"snr": "snr_db", "period": "period_s", "span": "span_s", "band": "band_hz", "fill_level": "fill_level_db"}
+ALIASES = {"snr": "snr_db", "period": "period_s", "span": "span_s", "band": "band_hz", "fill_level": "fill_level_db",
+           "attack_band": "attack_band_hz", "attack_span": "attack_span_s"}
+# The most conditions one expand_grid call may build; the product is counted before anything is
+# built, so a tiny sweep file with a few long lists is refused at once instead of filling memory.
+MAX_CELLS = 10_000
 
 
 def parse_levels(text: Any) -> List[float]:
@@ -107,7 +113,7 @@ def _values(kind: str, name: str, field: str, value: Any) -> List[Any]:
     return [value]
 
 
-def expand_grid(kind: str, *, strict: bool = True, **options: Any) -> list:
+def expand_grid(kind: str, *, strict: bool = True, max_cells: int = MAX_CELLS, **options: Any) -> list:
     """One validated perturbation per combination of option values (see module docstring)."""
     from audiobench.perturb import PERTURBATIONS
 
@@ -128,6 +134,10 @@ def expand_grid(kind: str, *, strict: bool = True, **options: Any) -> list:
             raise ConfigError(f"{kind} {field}: empty list of values")
         names.append(field)
         value_lists.append(vals)
+    cells = math.prod(len(v) for v in value_lists)
+    if cells > max_cells:
+        sizes = " x ".join(f"{len(v)} {n}" for n, v in zip(names, value_lists))
+        raise ConfigError(f"{kind}: {sizes} makes {cells} conditions, more than the limit of {max_cells}")
     out, seen = [], set()
     for combo in itertools.product(*value_lists):
         p = cls(**dict(zip(names, combo)))
@@ -136,3 +146,37 @@ def expand_grid(kind: str, *, strict: bool = True, **options: Any) -> list:
             seen.add(key)
             out.append(p)
     return out
+
+
+def octave_bands(sample_rate: int, lowest_hz: float = 62.5) -> List[tuple]:
+    """Octave bands (lo, 2·lo) from ``lowest_hz`` up, plus (0, lowest_hz) below them: together they
+    cover 0 Hz to Nyquist (``sample_rate / 2``) without gaps. The last band ends at Nyquist; a
+    leftover of less than half an octave above the last whole octave joins it."""
+    if not lowest_hz > 0:
+        raise ConfigError(f"octave_bands: lowest_hz must be > 0, got {lowest_hz!r}")
+    nyquist = sample_rate / 2.0
+    if lowest_hz >= nyquist:
+        raise ConfigError(f"octave_bands: lowest_hz {lowest_hz:g} is not below Nyquist ({nyquist:g} Hz)")
+    bands = [(0.0, float(lowest_hz))]
+    lo = float(lowest_hz)
+    while lo < nyquist:
+        hi = min(lo * 2.0, nyquist)
+        if nyquist / hi < 2 ** 0.5:  # what would be left above is under half an octave
+            hi = nyquist
+        bands.append((lo, hi))
+        lo = hi
+    return bands
+
+
+def band_sweep(bands, *, eps: float = 0.002, kind: str = "pgd", **fields: Any) -> list:
+    """The band-limited attack conditions of a band sweep: one ``kind`` condition per band at the
+    fixed ``eps`` (``attack_band_hz`` set to each (lo, hi) in Hz), other fields as given (e.g.
+    ``steps``, ``norm``, ``attack_mask``). Bands may be (lo, hi) pairs or 'lo-hi' strings; see
+    :func:`octave_bands`. Bind the data's rate with ``with_sample_rate`` before use (the engine
+    does). Draw the result with :func:`audiobench.report.footprint.plot_band_sweep`."""
+    band_list = list(bands)
+    if not band_list:
+        raise ConfigError("band_sweep: no bands given")
+    if "attack_band_hz" in fields:
+        raise ConfigError("band_sweep: give the bands as the first argument, not attack_band_hz")
+    return expand_grid(kind, eps=[float(eps)], attack_band_hz=band_list, **fields)

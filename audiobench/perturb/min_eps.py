@@ -99,8 +99,7 @@ class MinEps(Perturbation):
             if trace is not None:
                 # loss per step and gradient counts of the eps_max probe; per-clip lists cover
                 # every clip of the batch (0 bad steps for clips that were not attacked)
-                for t, (s_, n_) in enumerate(zip(probe_trace.loss_sum_per_step, probe_trace.n_per_step)):
-                    trace.add_step(t, s_ / n_, n_)
+                trace.merge_steps(probe_trace)
                 trace.add_clips(len(active), probe_trace.bad_grad_clips)
                 full = torch.zeros(B, dtype=torch.float64)
                 full[torch.tensor(active)] = torch.tensor(probe_trace.per_clip["bad_grad_steps"], dtype=torch.float64)

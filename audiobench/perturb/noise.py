@@ -12,6 +12,12 @@ from audiobench.errors import ConfigError
 from audiobench.perturb import register_perturbation
 from audiobench.perturb.base import Perturbation, check_finite, signal_power
 
+# Sane bounds (one-line ConfigError beyond them; docs/attacks.md "Option bounds"): beyond ±300 dB
+# the noise is far below float rounding or the clamp turns the clip into random ±1 samples; the
+# same for a sigma above 100 waveform units (full scale = 1).
+MAX_ABS_SNR_DB = 300.0
+MAX_SIGMA = 100.0
+
 
 def white_noise(rng, n_samples: int, *, dtype=torch.float32) -> torch.Tensor:
     """Standard normal noise (batch, n_samples) from the per-clip generators."""
@@ -83,9 +89,13 @@ class GaussianNoise(Perturbation):
             if float(self.snr_db) == -math.inf:
                 raise ConfigError("gaussian snr_db must not be -inf")
             self.snr_db = float(self.snr_db)
+            if math.isfinite(self.snr_db) and abs(self.snr_db) > MAX_ABS_SNR_DB:
+                raise ConfigError(f"gaussian snr_db must be within ±{MAX_ABS_SNR_DB:g} dB (or inf for clean), got {self.snr_db:g}")
         else:
             check_finite("gaussian sigma", self.sigma, non_negative=True)
             self.sigma = float(self.sigma)
+            if self.sigma > MAX_SIGMA:
+                raise ConfigError(f"gaussian sigma must be <= {MAX_SIGMA:g} (waveform units), got {self.sigma:g}")
 
     @property
     def param(self) -> str:

@@ -19,6 +19,12 @@ from audiobench.perturb.base import Perturbation, check_choice, check_finite, ch
 TIME_PATTERNS = ("alternate", "first", "middle", "last", "random")
 PATTERNS = TIME_PATTERNS + tuple(f"{p}-concat" for p in TIME_PATTERNS) + ("band",)
 FILLS = ("silence", "noise")
+# Sane physical bounds (one-line ConfigError beyond them; docs/attacks.md "Option bounds").
+MAX_DURATION_S = 3600.0  # periods, spans and time windows in seconds (a tagger's clip is seconds long)
+MAX_FREQUENCY_HZ = 1.0e6  # band edges in Hz (above the Nyquist frequency of any audio rate)
+MAX_N_FFT = 1 << 16
+MAX_SAMPLE_RATE = 1_000_000  # Hz
+FILL_LEVEL_DB_RANGE = (-200.0, 20.0)  # dBFS of the noise fill
 # which field each pattern sweeps
 PATTERN_PARAM = {"alternate": "period_s", "first": "span_s", "middle": "span_s", "last": "span_s", "random": "fraction", "band": "band_hz"}
 
@@ -138,19 +144,34 @@ def occlude(waveform: torch.Tensor, mask: torch.Tensor, *, concat: bool = False,
     return torch.where(tail[None, :], fill_values, packed)
 
 
-def _parse_band(value) -> Tuple[float, float]:
+def parse_band(value, what: str = "occlusion band_hz", *, unit: str = "Hz", max_value: float = MAX_FREQUENCY_HZ) -> Tuple[float, float]:
+    """(lo, hi) from ``"lo-hi"``, ``"lo,hi"`` or two numbers; 0 <= lo < hi <= ``max_value``.
+
+    Used for frequency bands (Hz) and time windows (seconds); ``what`` names the field in the
+    one-line ConfigError.
+    """
     if isinstance(value, str):
-        parts = value.replace("–", "-").split("-")
+        text = value.replace("–", "-")
+        parts = text.split(",") if "," in text else text.split("-")
         if len(parts) != 2:
-            raise ConfigError(f"occlusion band_hz must be 'lo-hi' in Hz, got {value!r}")
+            raise ConfigError(f"{what} must be 'lo-hi' or 'lo,hi' in {unit}, got {value!r}")
         value = parts
     try:
+        if isinstance(value, (bool, str, bytes)) or len(value) != 2 or any(isinstance(v, bool) for v in value):
+            raise TypeError
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
-        raise ConfigError(f"occlusion band_hz must be 'lo-hi' or two numbers in Hz, got {value!r}") from None
+        raise ConfigError(f"{what} must be 'lo-hi' or two numbers in {unit}, got {value!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or hi <= lo:
-        raise ConfigError(f"occlusion band_hz needs 0 <= lo < hi (finite, Hz), got {value!r}")
+        raise ConfigError(f"{what} needs 0 <= lo < hi (finite, {unit}), got {value!r}")
+    if hi > max_value:
+        raise ConfigError(f"{what} must end at or below {max_value:g} {unit}, got {value!r}")
     return (lo, hi)
+
+
+def _check_duration(name: str, seconds: float) -> None:
+    if seconds > MAX_DURATION_S:
+        raise ConfigError(f"{name} must be <= {MAX_DURATION_S:g} s, got {seconds:g}")
 
 
 @register_perturbation
@@ -192,7 +213,13 @@ class Occlusion(Perturbation):
         check_choice("occlusion pattern", self.pattern, PATTERNS)
         check_choice("occlusion fill", self.fill, FILLS)
         check_finite("occlusion fill_level_db", self.fill_level_db)
+        lo_db, hi_db = FILL_LEVEL_DB_RANGE
+        if not lo_db <= float(self.fill_level_db) <= hi_db:
+            raise ConfigError(f"occlusion fill_level_db must be in [{lo_db:g}, {hi_db:g}] dBFS, got {self.fill_level_db!r}")
+        self.fill_level_db = float(self.fill_level_db)
         check_int("occlusion n_fft", self.n_fft, minimum=4)
+        if self.n_fft > MAX_N_FFT:
+            raise ConfigError(f"occlusion n_fft must be <= {MAX_N_FFT}, got {self.n_fft!r}")
         self.n_fft = int(self.n_fft)
         base = self._base
         used = {"alternate": ("period_s",), "first": ("span_s",), "middle": ("span_s",), "last": ("span_s",),
@@ -207,11 +234,13 @@ class Occlusion(Perturbation):
                 self.period_s = 0.1
             check_finite("occlusion period_s", self.period_s, positive=True)
             self.period_s = float(self.period_s)
+            _check_duration("occlusion period_s", self.period_s)
         if base in ("first", "middle", "last"):
             if self.span_s is None:
                 raise ConfigError(f"occlusion pattern {self.pattern!r} needs span_s (seconds)")
             check_finite("occlusion span_s", self.span_s, non_negative=True)
             self.span_s = float(self.span_s)
+            _check_duration("occlusion span_s", self.span_s)
         if base == "random":
             if self.fraction is None:
                 raise ConfigError("occlusion pattern 'random' needs fraction (0..1)")
@@ -222,9 +251,11 @@ class Occlusion(Perturbation):
         if base == "band":
             if self.band_hz is None:
                 raise ConfigError("occlusion pattern 'band' needs band_hz ('lo-hi' in Hz)")
-            self.band_hz = _parse_band(self.band_hz)
+            self.band_hz = parse_band(self.band_hz)
         if self.sample_rate is not None:
             check_int("occlusion sample_rate", self.sample_rate, minimum=1)
+            if self.sample_rate > MAX_SAMPLE_RATE:
+                raise ConfigError(f"occlusion sample_rate must be <= {MAX_SAMPLE_RATE} Hz, got {self.sample_rate!r}")
             self.sample_rate = int(self.sample_rate)
             if base == "band" and self.band_hz[0] >= self.sample_rate / 2:
                 raise ConfigError(f"occlusion band_hz {self.band_hz} starts above Nyquist ({self.sample_rate / 2} Hz)")

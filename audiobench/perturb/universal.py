@@ -9,7 +9,16 @@ import torch
 
 from audiobench.errors import ConfigError
 from audiobench.perturb import register_perturbation
-from audiobench.perturb.attacks import NORMS, _ascent_direction, _check_model, attack_companions, bce_per_clip, project
+from audiobench.perturb.attacks import (
+    MAX_L2_EPS,
+    MAX_LINF_EPS,
+    NORMS,
+    _ascent_direction,
+    _check_model,
+    attack_companions,
+    bce_per_clip,
+    project,
+)
 from audiobench.perturb.base import AttackTrace, Perturbation, check_choice, check_finite, check_int
 
 
@@ -20,6 +29,9 @@ def _unpack(batch):
     if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
         return batch[-2], batch[-1]
     raise TypeError(f"universal.fit: cannot read (waveform, targets) from a {type(batch).__name__}")
+
+
+MAX_EPOCHS = 10_000
 
 
 @register_perturbation
@@ -51,14 +63,21 @@ class Universal(Perturbation):
     epochs: int = 1
 
     def __post_init__(self):
+        check_choice("universal norm", self.norm, NORMS)
+        limit = MAX_LINF_EPS if self.norm == "linf" else MAX_L2_EPS
         check_finite("universal eps", self.eps, non_negative=True)
         self.eps = float(self.eps)
-        check_choice("universal norm", self.norm, NORMS)
+        if self.eps > limit:
+            raise ConfigError(f"universal eps {self.eps:g} is above {limit:g}, the largest meaningful {self.norm} budget (waveform units)")
         check_int("universal epochs", self.epochs, minimum=1)
+        if self.epochs > MAX_EPOCHS:
+            raise ConfigError(f"universal epochs must be <= {MAX_EPOCHS}, got {self.epochs!r}")
         self.epochs = int(self.epochs)
         if self.step_size is not None:
             check_finite("universal step_size", self.step_size, positive=True)
             self.step_size = float(self.step_size)
+            if self.step_size > limit:
+                raise ConfigError(f"universal step_size {self.step_size:g} is above {limit:g} (waveform units)")
         self._delta: Optional[torch.Tensor] = None
 
     @property
