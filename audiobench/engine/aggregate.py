@@ -81,11 +81,14 @@ def aggregate_run(run_dir: Path, meta: Dict[str, Any], dataset, n_clips: int, pl
     meta["trust"] = {}
     for model_name in meta["config"]["models"]:
         plan = plans[model_name]
-        units = {ci: load_units(unit_dir(run_dir, model_name, ci), n_clips) for ci in range(len(conditions))}
+        ident = {"config_hash": meta["config_hash"], "model": model_name}
+        units = {ci: load_units(unit_dir(run_dir, model_name, ci), n_clips, {**ident, "job": f"c{ci:03d}"})
+                 for ci in range(len(conditions))}
         for ci, u in units.items():
             if not np.array_equal(u["clip_ids"], clip_ids):
                 raise ResultsError(f"{run_dir}: units of {model_name}/{conditions[ci]['id']} hold other clips than the dataset order")
-        companions = {(job.parent, job.companion.role): load_units(job.unit_dir(run_dir, model_name), job.n_clips)
+        companions = {(job.parent, job.companion.role): load_units(job.unit_dir(run_dir, model_name), job.n_clips,
+                                                                  {**ident, "job": job.key})
                       for job in plan.companion_jobs}
         clean = units[0]["logits"].astype(np.float64)
         bad_input = units[0]["bad_input"].astype(bool)

@@ -25,6 +25,11 @@ class Job:
     n_clips: int
 
     @property
+    def key(self) -> str:
+        """The job's name in unit folders and identities: ``c<NNN>`` or ``c<NNN>.<role>``."""
+        return f"c{self.parent:03d}" if self.companion is None else f"c{self.parent:03d}.{self.companion.role}"
+
+    @property
     def role(self) -> Optional[str]:
         return self.companion.role if self.companion is not None else None
 

@@ -27,7 +27,7 @@ from audiobench.engine.distributed import fail_hook, setup, shard_batches, split
 from audiobench.engine.plan import Job, ModelPlan, plan_model
 from audiobench.engine.rundir import RunFolder, base_meta, now_iso
 from audiobench.engine.step import StepSettings, evaluate_batch_splitting
-from audiobench.engine.units import load_units, missing_ranges, stored_ranges, unit_path
+from audiobench.engine.units import check_identities, load_units, missing_ranges, stored_ranges, unit_identity, write_unit
 from audiobench.errors import ConfigError
 from audiobench.fileio import atomic_write_npz
 from audiobench.results import provenance
@@ -244,7 +244,8 @@ class Runner:
             return None
         from audiobench.engine.units import unit_dir
 
-        u = load_units(unit_dir(self.run_dir, model_name, job.parent), self.n_clips)
+        ident = {"config_hash": self.config_hash, "model": model_name, "job": f"c{job.parent:03d}"}
+        u = load_units(unit_dir(self.run_dir, model_name, job.parent), self.n_clips, ident)
         # a see-through chain records its delta's size before the corruption (pc_attack_l2); a
         # chain on a base its change after the base (attack_l2); a plain attack: l2
         for key in ("pc_attack_l2", "attack_l2", "l2"):
@@ -259,7 +260,10 @@ class Runner:
         cfg, dist = self.config, self.dist
         main = dist.is_main
         udir = job.unit_dir(self.run_dir, model_name)
-        # rank 0 reads what is stored (units are the source of truth) and tells the others
+        # rank 0 reads what is stored (units are the source of truth) and tells the others; a unit
+        # that this run did not compute (copied from another run) is refused before any work
+        if main:
+            check_identities(udir, {"config_hash": self.config_hash, "model": model_name, "job": job.key})
         todo = dist.broadcast(missing_ranges(stored_ranges(udir), job.n_clips) if main else None)
         if not todo:
             return
@@ -269,7 +273,7 @@ class Runner:
         cond = job.condition
         if job.companion is None and cond.requires_fit:
             with dist.solo_errors(f"fitting {model_name} {cond.condition_id}"):
-                self._fit(model, cond, udir)
+                self._fit(model, cond, udir, unit_identity(self.config_hash, model_name, job.key + ".fit", 0, 0))
         parent_l2 = dist.broadcast(self._parent_l2(model_name, job) if main else None)
         remaining = sum(b - a for a, b in todo)
         if self.device.type == "cuda":
@@ -308,7 +312,8 @@ class Runner:
                         if res is None:
                             continue
                         start, ids, unit, pert = res
-                        atomic_write_npz(unit_path(udir, start, start + len(ids)), **unit)
+                        write_unit(udir, start, start + len(ids), unit,
+                                   unit_identity(self.config_hash, model_name, job.key, start, start + len(ids)))
                         if pert is not None:
                             self._save_audio(model_name, cond, start, ids, pert)
                         if progress is not None:
@@ -331,7 +336,7 @@ class Runner:
         timing["clips_per_s"] = timing["clips"] / timing["wall_s"] if timing["wall_s"] > 0 else None
         timing["peak_mem_bytes"] = int(max(peak, timing.get("peak_mem_bytes", 0) or 0))
 
-    def _fit(self, model, cond, udir: Path) -> None:
+    def _fit(self, model, cond, udir: Path, identity: Dict[str, Any]) -> None:
         """Learn a dataset-level perturbation (``universal``) once; stored so a resume reuses it."""
         path = udir / "fitted_state.npz"
         dist = self.dist
@@ -360,7 +365,11 @@ class Runner:
         if dist.active:
             cond.load_state({k: torch.from_numpy(v) for k, v in state.items()})
         if dist.is_main:
-            atomic_write_npz(path, **state)
+            import json
+
+            from audiobench.engine.units import IDENTITY_KEY
+
+            atomic_write_npz(path, **state, **{IDENTITY_KEY: np.asarray(json.dumps(identity, sort_keys=True))})
 
     def _sharded_fit_batches(self):
         """Batches and gradient hook for fitting across ranks: each single-process batch is split

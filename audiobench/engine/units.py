@@ -4,12 +4,18 @@ A *unit* is the stored result of one (model, condition, clip range): an ``.npz``
 ``units/<model>/c<NNN>[.<role>]/<start>-<stop>.npz`` (``role`` names a trust companion, e.g.
 ``c002.fgsm``). Each finished batch is written atomically as soon as it completes, so a run killed
 at any moment resumes where it stopped, and the tables are always recomputed from the units.
+
+Every unit carries its identity (``_identity``: the run's config hash, the model, the job and
+the clip range), so a unit copied in from another run (another seed, model or config), or moved
+to another range, is refused with one line when the run is resumed or aggregated.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
+
+import json
 
 import numpy as np
 
@@ -74,22 +80,89 @@ def merge_units(units: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
     return out
 
 
-def read_unit(path: Path) -> Dict[str, np.ndarray]:
-    """One unit file's arrays (never unpickled); a damaged file is a one-line ResultsError."""
+IDENTITY_KEY = "_identity"
+#: arrays every unit of a condition or companion holds, one row per clip
+PER_CLIP_KEYS = ("clip_ids", "logits", "bad_input", "snr_db", "linf", "l2")
+
+
+def unit_identity(config_hash: str, model: str, job: str, start: int, stop: int) -> Dict[str, object]:
+    return {"config_hash": str(config_hash), "model": str(model), "job": str(job), "start": int(start), "stop": int(stop)}
+
+
+def write_unit(udir: Path, start: int, stop: int, arrays: Dict[str, np.ndarray], identity: Dict[str, object]) -> Path:
+    """Store one unit atomically, with its identity."""
+    from audiobench.fileio import atomic_write_npz
+
+    path = unit_path(udir, start, stop)
+    atomic_write_npz(path, **arrays, **{IDENTITY_KEY: np.asarray(json.dumps(identity, sort_keys=True))})
+    return path
+
+
+def check_identities(udir: Path, identity: Dict[str, object]) -> None:
+    """Refuse (one line) any stored unit of ``udir`` whose identity is not ``identity`` with its own
+    range (reads only each unit's small identity member, not its arrays)."""
     import zipfile
 
+    for a, b in stored_ranges(udir):
+        path = unit_path(udir, a, b)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                stored = z[IDENTITY_KEY] if IDENTITY_KEY in z.files else None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+            raise ResultsError(f"{path}: stored unit is damaged ({type(exc).__name__}); remove it and resume") from None
+        _check_identity(path, stored, {**identity, "start": a, "stop": b})
+
+
+def _check_identity(path: Path, stored, identity: Dict[str, object]) -> None:
+    try:
+        found = json.loads(str(stored[()])) if stored is not None else None
+    except (ValueError, TypeError, IndexError):
+        found = None
+    if found == identity:
+        return
+    if found is None:
+        what = "carries no identity"
+    elif not isinstance(found, dict):
+        what = "has an unreadable identity"
+    elif found.get("config_hash") != identity["config_hash"]:
+        what = f"belongs to another run (config hash {str(found.get('config_hash'))[:12]})"
+    else:
+        what = "belongs to another model, job or clip range"
+    raise ResultsError(f"{path}: stored unit {what}; it was not computed by this run: remove it and resume")
+
+
+def read_unit(path: Path, identity: Optional[Dict[str, object]] = None, *, per_clip: bool = True) -> Dict[str, np.ndarray]:
+    """One unit file's arrays (never unpickled), checked: a damaged file, a unit of another run
+    (``identity`` given) or one whose arrays do not hold one row per clip of its range is a
+    one-line ResultsError."""
+    import zipfile
+
+    path = Path(path)
     if not path.is_file():
         raise ResultsError(f"{path}: stored unit is not a regular file (remove it and resume)")
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise ResultsError(f"{path}: stored unit is damaged ({type(exc).__name__}); remove it and resume") from None
+    stored = arrays.pop(IDENTITY_KEY, None)
+    if identity is not None:
+        _check_identity(path, stored, identity)
+    if identity is not None and per_clip:
+        n = int(identity["stop"]) - int(identity["start"])
+        for key in PER_CLIP_KEYS:
+            if key not in arrays:
+                raise ResultsError(f"{path}: stored unit lacks {key!r}; remove it and resume")
+            a = arrays[key]
+            if a.ndim < 1 or a.shape[0] != n or (key == "logits" and (a.ndim != 2 or a.dtype.kind != "f")):
+                raise ResultsError(f"{path}: stored unit's {key} has shape {tuple(a.shape)}, not one row per clip of "
+                                   f"{identity['start']}-{identity['stop']}; remove it and resume")
+    return arrays
 
 
-def load_units(udir: Path, n_clips: int) -> Dict[str, np.ndarray]:
+def load_units(udir: Path, n_clips: int, identity: Optional[Dict[str, object]] = None) -> Dict[str, np.ndarray]:
     """All stored units of one (model, condition) over its first ``n_clips`` clips, merged in clip
-    order; checks full coverage."""
+    order; checks full coverage and (``identity``: config_hash, model, job) each unit's identity."""
     stop = n_clips
     ranges = stored_ranges(udir)
     if missing_ranges(ranges, n_clips):
@@ -100,7 +173,8 @@ def load_units(udir: Path, n_clips: int) -> Dict[str, np.ndarray]:
             if b <= pos:
                 continue
             raise ResultsError(f"{udir}: overlapping units {a}-{b}")
-        units.append(read_unit(unit_path(udir, a, b)))
+        ident = None if identity is None else {**identity, "start": a, "stop": b}
+        units.append(read_unit(unit_path(udir, a, b), ident))
         pos = b
         if pos >= stop:
             break
