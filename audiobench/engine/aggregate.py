@@ -100,7 +100,8 @@ def aggregate_run(run_dir: Path, meta: Dict[str, Any], dataset, n_clips: int, pl
         verdicts = trust.assess(evidence)
         meta["trust"][model_name] = verdicts
         by_id = {c["id"]: units[ci] for ci, c in enumerate(conditions)}
-        extras = {cid: {"snr_db": u["snr_db"], "linf": u["linf"], "l2": u["l2"], "min_eps": u.get("pc_min_eps")}
+        extras = {cid: {"snr_db": u["snr_db"], "linf": u["linf"], "l2": u["l2"], "min_eps": u.get("pc_min_eps"),
+                        "measured": {k[3:]: v for k, v in u.items() if k.startswith("pc_") and k != "pc_min_eps"}}
                   for cid, u in by_id.items()}
         model = models.get(model_name)
         embs = {cid: u["embedding"] for cid, u in by_id.items() if "embedding" in u}

@@ -341,7 +341,8 @@ class Runner:
                     try:
                         fail_hook(dist, k)
                         batch = next(stream)
-                        unit = compute(batch, context)
+                        with self._step_progress(progress, task, label, batch):
+                            unit = compute(batch, context)
                         result = (batch.start, list(batch.clip_ids), unit, unit.pop("_pert", None))
                     except Exception as exc:
                         if not dist.active:
@@ -369,6 +370,29 @@ class Runner:
                 if stop:
                     raise StopRequested(stop)
         return time.perf_counter() - t0, remaining
+
+    @staticmethod
+    def _step_progress(progress, task, label: str, batch):
+        """Show the gradient steps of the batch being computed in the task's description."""
+        if progress is None:
+            return contextlib.nullcontext()
+        from audiobench.progress import on_attack_steps
+
+        count = [0]
+
+        def bump():
+            count[0] += 1
+            progress.update(task, description=f"{label} (clips {batch.start}-{batch.start + len(batch)}: "
+                                              f"gradient step {count[0]})")
+
+        @contextlib.contextmanager
+        def scope():
+            with on_attack_steps(bump):
+                yield
+            if count[0]:
+                progress.update(task, description=label)
+
+        return scope()
 
     # -- transfer attacks ------------------------------------------------------------------------
     def _source_dir(self, cond) -> Path:

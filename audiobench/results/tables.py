@@ -69,6 +69,11 @@ def model_tables(run_id: str, model_name: str, conditions: List[Dict[str, Any]],
         pc["nonfinite"] = ~finite_rows(lg)
         pc["bad_input"] = ~valid
         pc["min_eps"] = np.asarray(min_eps, dtype=np.float64) if has_min_eps else np.nan
+        # what the perturbation measured per clip (realised SNR, RT60, bitrate, bad-gradient steps ...)
+        for name, values in sorted((ex.get("measured") or {}).items()):
+            values = np.asarray(values, dtype=np.float64).reshape(-1)
+            if len(values) == n_clips:
+                pc[name] = values
         clip_frames.append(pc)
         cls = [("AP", res["ap"]), ("AUC", res["auc"]), ("delta_AP", res["ap"] - clean_ap)]
         emb = (embeddings_by_cond or {}).get(cid)
