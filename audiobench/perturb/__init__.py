@@ -19,4 +19,3 @@ import importlib as _importlib
 for _mod in ("none", "noise", "occlusion", "attacks", "feature", "universal", "min_eps", "chain", "corruptions", "transfer",
              "gain"):
     _importlib.import_module(f"audiobench.perturb.{_mod}")
-    _importlib.import_module(f"audiobench.perturb.{_mod}")
