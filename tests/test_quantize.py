@@ -209,6 +209,7 @@ def test_int8_clip_result_does_not_depend_on_batch_mates(toy_variants, toy_data)
     assert torch.equal(together, alone)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["int8", "w4"])
 def test_pgd_through_a_quantized_model_raises_the_loss(toy_variants, toy_data, variant):
     q = toy_variants[variant]

@@ -182,9 +182,15 @@ def _normal_like(params: Params, seed: int, *key) -> Params:
     return out
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """t in at least float32 (float64 stays float64): the precision perturbations are formed in."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def _perturbed(params: Params, direction: Params, scale: float) -> Params:
-    """``w + scale·|w|⊙direction`` per tensor, in each weight's dtype."""
-    return {n: (p.float() + scale * p.float().abs() * direction[n]).to(p.dtype) for n, p in params.items()}
+    """``w + scale·|w|⊙direction`` per tensor (formed in at least float32), in each weight's dtype."""
+    return {n: (_wide(p) + scale * _wide(p).abs() * direction[n].to(_wide(p).dtype)).to(p.dtype)
+            for n, p in params.items()}
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> Tuple[float, float, float]:
@@ -221,7 +227,7 @@ def worst_sharpness(loss_terms: LossTerms, params: Params, rho: float, steps: in
     """``max L(w + |w|⊙δ) − L(w)`` over the ascent iterates in ``‖δ‖∞ ≤ rho`` (module docstring)."""
     rho = float(rho)
     step = rho if steps == 1 else 2.5 * rho / steps
-    delta = {n: torch.zeros(tuple(p.shape), dtype=torch.float32, device=p.device) for n, p in params.items()}
+    delta = {n: torch.zeros_like(_wide(p)) for n, p in params.items()}
     base = base_loss
     best = 0.0  # δ = 0 is in the ball
 
@@ -239,7 +245,7 @@ def worst_sharpness(loss_terms: LossTerms, params: Params, rho: float, steps: in
         if rho == 0:
             break
         # sign(|w|⊙∇L) = sign(∇L) where w != 0; zero weights do not move whatever δ is
-        delta = {n: (delta[n] + step * torch.sign(grad[n].float())).clamp_(-rho, rho) for n in params}
+        delta = {n: (delta[n] + step * torch.sign(grad[n])).clamp_(-rho, rho) for n in params}
     final = _total(loss_terms(point()))
     if on_pass is not None:
         on_pass()
