@@ -236,3 +236,10 @@ def test_report_plots():
     assert sharpness_vs_robustness(sharp, metrics[metrics["model"] == "m3"]) == []
     curves = sharpness_curves(sharp)
     assert len(curves) == 1 and curves[0].png.startswith(b"\x89PNG")
+
+
+def test_command_default_rho_is_the_library_default():
+    from audiobench.analysis.sharpness import DEFAULT_RHOS
+    from audiobench.commands.sharpness import DEFAULT_RHO, _floats
+
+    assert _floats("--rho", DEFAULT_RHO) == DEFAULT_RHOS

@@ -13,6 +13,8 @@ from pathlib import Path
 import click
 
 SHARPNESS_CSV = "sharpness.csv"
+# the defaults of audiobench.analysis.sharpness (not imported here: `audiobench --help` stays instant)
+DEFAULT_RHO = "0.01,0.02,0.05,0.1"
 
 
 def _split(value):
@@ -38,7 +40,7 @@ def _floats(option: str, value: str):
 @click.option("--checkpoint", default=None, help="Checkpoint PATH (one model) or NAME=PATH,... (several).")
 @click.option("--limit", type=int, default=None, help="Use only the first N clips.")
 @click.option("--batch-size", type=int, default=8, help="Clips per forward pass.")
-@click.option("--rho", default="0.01,0.02,0.05,0.1", help="Relative weight-perturbation sizes, comma list (dimensionless, >= 0).")
+@click.option("--rho", default=DEFAULT_RHO, help="Relative weight-perturbation sizes, comma list (dimensionless, >= 0).")
 @click.option("--draws", type=int, default=8, help="Gaussian noise draws per rho (average-case sharpness).")
 @click.option("--steps", type=int, default=3, help="Ascent steps in weight space (worst-case sharpness).")
 @click.option("--hessian-iters", type=int, default=20, help="Most Hessian-vector products of the power iteration.")
@@ -72,11 +74,11 @@ def sharpness(models, data, data_root, checkpoint, limit, batch_size, rho, draws
 
 
 def run_sharpness(*, models, data=None, data_root=None, checkpoint=None, limit=None, batch_size=8,
-                  rhos=(0.01, 0.02, 0.05, 0.1), draws=8, steps=3, hessian_iters=20, hessian_tol=1e-3,
+                  rhos=None, draws=8, steps=3, hessian_iters=20, hessian_tol=1e-3,
                   measures=("average", "worst", "hessian"), seed=0, device="auto", out=Path("results"), run_id=None,
                   progress=False):
     """The command's work as a function: returns ``{"run_dir", "table", "provenance"}``."""
-    from audiobench.analysis.sharpness import SharpnessSettings
+    from audiobench.analysis.sharpness import DEFAULT_RHOS, SharpnessSettings
     from audiobench.commands.run import parse_checkpoints
     from audiobench.data import open_dataset
     from audiobench.engine import resolve_device
@@ -89,7 +91,7 @@ def run_sharpness(*, models, data=None, data_root=None, checkpoint=None, limit=N
         raise ConfigError(f"--model {','.join(models)}: a model appears twice")
     for m in models:
         MODELS.get(m)  # unknown name or variant: one line, before any work
-    settings = SharpnessSettings(rhos=tuple(rhos), draws=draws, steps=steps, hessian_iters=hessian_iters,
+    settings = SharpnessSettings(rhos=DEFAULT_RHOS if rhos is None else tuple(rhos), draws=draws, steps=steps, hessian_iters=hessian_iters,
                                  hessian_tol=hessian_tol, measures=tuple(measures), seed=seed)
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")

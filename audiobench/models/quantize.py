@@ -213,7 +213,7 @@ class QuantizedTagger(AudioTagger):
 
 
 # ------------------------------------------------------------------------------------------------
-# int8: PyTorch's dynamic quantized modules behind a straight-through estimator
+# int8: PyTorch's int8 CPU kernels behind a straight-through estimator
 # ------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _quiet_ao():
