@@ -239,3 +239,13 @@ def test_fp16_backward_is_loss_scaled_and_finite(toy_cnn, toy_variants, toy_data
     assert gx.dtype == torch.float32 and torch.isfinite(gx).all()
     cos = torch.nn.functional.cosine_similarity(gx.flatten(), gf.flatten(), dim=0)
     assert cos > 0.95  # the unscaled fp16 gradient: the float one up to half-precision rounding
+
+
+def test_docs_page_names_every_variant():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "quantization-and-sharpness.md").read_text()
+    table = page.split("### `@int8`", 1)[0]
+    import re
+
+    assert set(re.findall(r"^\| `@([a-z0-9]+)` \|", table, flags=re.M)) == set(VARIANTS)

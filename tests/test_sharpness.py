@@ -243,3 +243,18 @@ def test_command_default_rho_is_the_library_default():
     from audiobench.commands.sharpness import DEFAULT_RHO, _floats
 
     assert _floats("--rho", DEFAULT_RHO) == DEFAULT_RHOS
+
+
+def test_docs_page_matches_the_code():
+    import re
+    from pathlib import Path
+
+    from audiobench.analysis.sharpness import ROW_MEASURES
+    from audiobench.report.sharpness import CORRUPTIONS
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "quantization-and-sharpness.md").read_text()
+    section = page.split("## Sharpness", 1)[1].split("\n## ", 1)[0]
+    measures = set(re.findall(r"^\| `([a-z_]+)`", section, flags=re.M))
+    assert measures == {"loss", *ROW_MEASURES.values()}
+    assert ", ".join(COLUMNS) in " ".join(section.split())
+    assert ", ".join(CORRUPTIONS) in " ".join(section.split())
