@@ -258,3 +258,19 @@ def test_docs_page_matches_the_code():
     assert measures == {"loss", *ROW_MEASURES.values()}
     assert ", ".join(COLUMNS) in " ".join(section.split())
     assert ", ".join(CORRUPTIONS) in " ".join(section.split())
+
+
+@pytest.mark.slow
+def test_fp16_variant_weight_gradients_are_not_loss_scaled(toy_batches):
+    """The fp16 variant scales its backward pass for input gradients; sharpness turns that off,
+    so its Hessian is the float model's up to half precision, not 2^10 times it."""
+    from audiobench.models import load_model
+
+    settings = SharpnessSettings(measures=("hessian",), hessian_iters=8, hessian_tol=1e-2)
+    batches = toy_batches[:1]
+    ref, _ = measure_sharpness([load_model("toy-cnn", sample_rate=16000)], batches, settings)
+    half = load_model("toy-cnn@fp16", sample_rate=16000)
+    got, _ = measure_sharpness([half], batches, settings)
+    assert half.grad_scale > 1  # restored after the measurement
+    a, b = float(ref["value"].iloc[-1]), float(got["value"].iloc[-1])
+    assert math.isfinite(b) and abs(b - a) <= 0.2 * abs(a), (a, b)

@@ -409,7 +409,9 @@ def measure_sharpness(
     prov: Dict[str, Any] = {"settings": settings.to_dict(), "models": {}, "definitions": definitions()}
     for name, model in named.items():
         tick = (lambda: on_pass(name)) if on_pass is not None else None
-        with eval_mode(model):
+        # exact_weight_gradients: a variant that scales its backward pass (fp16) turns that off
+        exact = getattr(model, "exact_weight_gradients", contextlib.nullcontext)
+        with eval_mode(model), exact():
             params = _weights_of(name, model)
             inputs = _NetworkInputs(model, batches, cache_bytes)
             n = inputs.n_clips

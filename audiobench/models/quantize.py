@@ -183,6 +183,18 @@ class QuantizedTagger(AudioTagger):
         self.checkpoint_path = getattr(base, "checkpoint_path", None)
         self.checkpoint_sha256 = getattr(base, "checkpoint_sha256", None)
 
+    @contextlib.contextmanager
+    def exact_weight_gradients(self):
+        """Turn the fp16 backward scaling off for the block. The scaling is undone at the network's
+        input, so input gradients (attacks) are exact with it; gradients with respect to the
+        network's weights (sharpness) would carry its factor, so whoever differentiates the
+        weights uses this."""
+        scale, self.grad_scale = self.grad_scale, 1.0
+        try:
+            yield
+        finally:
+            self.grad_scale = scale
+
     def _in(self, x: torch.Tensor) -> torch.Tensor:
         if self.compute_dtype is None or x.dtype == self.compute_dtype:
             return x
