@@ -409,9 +409,7 @@ def measure_sharpness(
     prov: Dict[str, Any] = {"settings": settings.to_dict(), "models": {}, "definitions": definitions()}
     for name, model in named.items():
         tick = (lambda: on_pass(name)) if on_pass is not None else None
-        # exact_weight_gradients: a variant that scales its backward pass (fp16) turns that off
-        exact = getattr(model, "exact_weight_gradients", contextlib.nullcontext)
-        with eval_mode(model), exact():
+        with eval_mode(model):
             params = _weights_of(name, model)
             inputs = _NetworkInputs(model, batches, cache_bytes)
             n = inputs.n_clips
@@ -443,8 +441,13 @@ def measure_sharpness(
                                  "ci_high": math.nan, "n_draws": 1, "steps": settings.steps, "converged": None,
                                  "unit": LOSS_UNIT})
             if "hessian" in settings.measures:
-                res = hessian_max_eigenvalue(terms, params, settings.hessian_iters, settings.hessian_tol,
-                                             settings.seed, tick)
+                # a variant that scales its backward pass (fp16, against underflow) turns that off for
+                # the Hessian products, whose values count; the worst case uses only gradient signs,
+                # which the scaling leaves unchanged while keeping small gradients from flushing to 0
+                exact = getattr(model, "exact_weight_gradients", contextlib.nullcontext)
+                with exact():
+                    res = hessian_max_eigenvalue(terms, params, settings.hessian_iters, settings.hessian_tol,
+                                                 settings.seed, tick)
                 info["hessian"] = asdict(res)
                 rows.append({**row, "measure": ROW_MEASURES["hessian"], "rho": math.nan, "value": res.eigenvalue,
                              "ci_low": math.nan, "ci_high": math.nan, "n_draws": 1, "steps": res.iterations,
