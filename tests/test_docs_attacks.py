@@ -80,4 +80,21 @@ def test_condition_ids_on_the_page_are_what_the_code_names():
 def test_files_the_page_names_exist():
     assert (ROOT / "docs" / "img" / "footprint_mn04.png").is_file()
     assert (ROOT / "scripts" / "attack_limits_example.py").is_file()
-    assert "Transfer attacks" not in PAGE  # the coordinator writes that section
+
+
+def test_transfer_section_names_what_the_code_does():
+    from audiobench.perturb.attacks import PGD
+    from audiobench.perturb.transfer import Transfer, source_models
+
+    section = PAGE.split("## Transfer attacks", 1)[1].split("\n## ", 1)[0]
+    made = Transfer(source="A", attack={"perturbation": "pgd", "eps": 0.002})
+    assert f"`{made.condition_id}`" in section and made.condition_id == f"transfer[A]/{PGD(eps=0.002).condition_id}"
+    assert f"perturbation\n`{made.name}`" in section or f"perturbation `{made.name}`" in " ".join(section.split())
+    assert source_models("A+B") == ["A", "B"] and "`--transfer-from A+B`" in section
+    assert (ROOT / "tests" / "test_transfer.py").is_file()
+    # the API call the page shows is a real keyword of the run options evaluate passes on
+    import inspect
+
+    from audiobench.api import build_run_config
+
+    assert "transfer_from=[" in section and "transfer_from" in inspect.signature(build_run_config).parameters

@@ -25,6 +25,8 @@ class ModelRegistry(Registry[ModelEntry]):
     builds the float base; ``load_model`` applies the variant after loading its weights)."""
 
     def get(self, name: str) -> ModelEntry:
+        if "@" not in name:  # the quantize module is imported only when a variant is asked for
+            return super().get(name)
         from audiobench.models.quantize import parse_variant, variant_spec
 
         base, variant = parse_variant(name)

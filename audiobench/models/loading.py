@@ -47,11 +47,12 @@ def load_model(
     """
     from audiobench.models import MODELS
     from audiobench.models.checkpoints import read_checkpoint
-    from audiobench.models.quantize import apply_variant, parse_variant
     from audiobench.models.weights import checkpoint_sha256, resolve_weights
 
-    base_name, variant = parse_variant(name)
-    if variant is not None:
+    if "@" in str(name):  # a quantized variant: imported only when asked for
+        from audiobench.models.quantize import apply_variant, parse_variant
+
+        base_name, variant = parse_variant(name)
         base = load_model(base_name, checkpoint=checkpoint, device=device, sample_rate=sample_rate,
                           weights=weights, download=download)
         return apply_variant(base, variant, inplace=True)
