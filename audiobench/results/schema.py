@@ -7,8 +7,12 @@ Layout of ``results/<run_id>/``::
     metrics.csv     long rows (:data:`METRICS_COLUMNS`), also metrics.parquet
     per_clip.csv    one row per (model, condition, clip)
     per_class.csv   one row per (model, condition, class, metric)
-    scores.npz      clip_ids, targets, logits__<model>__<condition>, hist__<model>__<condition>,
-                    geometry__<model>__<condition> (per-clip snr_db, linf, l2), clean_energy
+    scores.npz      clip_ids, targets, and per model: logits__<model>__<condition>,
+                    hist__<model>__<condition>, geometry__<model>__<condition> ((N, 4): per-clip
+                    snr_db, linf, l2, min_eps: :data:`GEOMETRY_ARRAY`), embedding__<model>__<condition>
+                    (models with an embedding), bad_input__<model>, clean_energy__<model> (sum of
+                    squares of each clean clip as the model saw it); what verify-run checks
+                    per_clip.csv, the perturbation budgets and the latent metrics against
     units/          the engine's finished (model, condition, clip range) units (resume)
     audio/          optional listening examples: :func:`audio_path`
 
@@ -51,6 +55,8 @@ KEY_COLUMNS = ("run_id", "model", "condition", "perturbation", "param", "level")
 #: per_clip.csv: the key, the clip, the perturbation's geometry (then the per-clip statistics)
 PER_CLIP_REQUIRED = (*KEY_COLUMNS, "clip_id", "min_eps")
 GEOMETRY_COLUMNS = ("snr_db", "linf", "l2")
+#: the columns of a scores.npz geometry array (one row per clip)
+GEOMETRY_ARRAY = (*GEOMETRY_COLUMNS, "min_eps")
 PER_CLASS_COLUMNS = (*KEY_COLUMNS, "class_index", "class_name", "metric", "value")
 _TEXT_COLUMNS = ("run_id", "model", "condition", "perturbation", "param", "clip_id", "class_name", "metric")
 
@@ -67,7 +73,22 @@ def geometry_key(model: str, condition: str) -> str:
     return f"geometry__{model}__{condition}"
 
 
+def embedding_key(model: str, condition: str) -> str:
+    return f"embedding__{model}__{condition}"
+
+
+def bad_input_key(model: str) -> str:
+    return f"bad_input__{model}"
+
+
+def energy_key(model: str) -> str:
+    return f"clean_energy__{model}"
+
+
 # --- run.json -----------------------------------------------------------------------------------
+#: keys of run.json's ``config`` that do not change the numbers (added to the result config when
+#: the run is written): the config hash covers every other key
+RUN_ONLY_CONFIG_KEYS = ("device", "batch_size", "out", "save_audio")
 # key -> (expected JSON type(s), human name); checked by RunInfo.from_dict
 _RUN_FIELDS = {
     "run_id": (str, "a string"),
