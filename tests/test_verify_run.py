@@ -319,3 +319,12 @@ def test_changed_plugin_source_files_are_reported(tmp_path):
     v = Verification(tmp_path)
     _check_model_files("p", record, [tmp_path], v)
     assert v.problems == [] and "cannot be found" in v.unchecked[0]
+
+
+def test_only_registered_plugin_and_hf_models_are_rebuilt():
+    from audiobench.results.verify import _not_reloadable
+
+    assert _not_reloadable("toy-cnn") == "" and _not_reloadable("toy-cnn@fp16") == ""
+    assert _not_reloadable("hf:some/folder") == ""
+    for source in ("os:system", "subprocess:run", "builtins:exec"):  # a received run.json choosing what to call
+        assert "does not import a module:factory" in _not_reloadable(source)

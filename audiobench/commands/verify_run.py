@@ -49,6 +49,8 @@ def verify_run(run_dir, data_root, skip_data, skip_models, skip_latent, toleranc
     info = read_run_info(run_dir)
     v.extend(*verify_stored_units(run_dir, info.config_hash, info.model_names, info.conditions,
                                   read_scores(Path(run_dir) / SCORES_NPZ)))
+    # a received run.json may hold paths with control characters: every line stays one line
+    v.checks, v.unchecked, v.problems = ([_printable(x) for x in lines] for lines in (v.checks, v.unchecked, v.problems))
     for line in v.checks:
         click.echo(f"ok: {line}")
     for line in v.unchecked:
@@ -62,3 +64,7 @@ def verify_run(run_dir, data_root, skip_data, skip_models, skip_latent, toleranc
         raise Unverified(f"{run_dir}: unverified: {v.unchecked[0]}{extra}; no mismatch in {len(v.checks)} checks "
                          f"(--skip-data / --skip-models / --skip-latent accept what cannot be checked here)")
     click.echo(f"{run_dir}: verified ({len(v.checks)} checks)")
+
+
+def _printable(text: str) -> str:
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))

@@ -79,6 +79,8 @@ MAX_SOURCE_BYTES = 64 << 20
 LINF_SLACK = 1e-6
 #: realised SNR vs 10·log10(energy / l2²): float32 sums, printed with 10 significant digits
 SNR_TOLERANCE_DB = 1e-3
+#: a received run.json asking for more bootstrap resamples than this is refused (a time bomb)
+MAX_BOOTSTRAP = 100_000
 #: the verdicts, in order of severity
 VERDICTS = ("verified", "unverified", "failed")
 
@@ -361,6 +363,9 @@ def _load_head(info: RunInfo, name: str, checkpoint: Optional[Path]) -> Tuple[Op
     prov = record.get("provenance") if isinstance(record.get("provenance"), dict) else {}
     if prov.get("kind") == "object":
         return None, "the model was given as a Python object"
+    reason = _not_reloadable(name)
+    if reason:
+        return None, reason
     if (prov.get("checkpoint") or record.get("checkpoint")) and checkpoint is None:
         return None, "its checkpoint is not verified here"
     cfg = info.config
@@ -386,6 +391,23 @@ def _load_head(info: RunInfo, name: str, checkpoint: Optional[Path]) -> Tuple[Op
     if not model.spec.has_embedding:
         return None, "the model loaded here has no embedding"
     return head_function(model), ""
+
+
+def _not_reloadable(source: str) -> str:
+    """Why verify-run does not rebuild model ``source`` named in a (possibly received) run.json, or
+    "": only registered models, installed plugin models and ``hf:`` folders are rebuilt; a
+    ``module:factory`` would make a received file choose which installed function to call."""
+    from audiobench.models import MODELS
+    from audiobench.models.plugins import plugin_entry
+    from audiobench.models.resolve import split_variant
+
+    try:
+        base, _ = split_variant(str(source))
+    except AudiobenchError as exc:
+        return _first_line(exc)
+    if base.startswith("hf:") or base in MODELS or plugin_entry(base) is not None:
+        return ""
+    return "verify-run does not import a module:factory model named by run.json"
 
 
 def _dataset_vocab(info: RunInfo):
@@ -493,6 +515,9 @@ def verify_run_dir(run_dir: Path, *, data_root: Optional[str] = None, skip_data:
     if not info.complete:
         v.problems.append("run.json says the run is not complete")
     conditions = _check_conditions(info)
+    if not 0 <= info.bootstrap <= MAX_BOOTSTRAP:
+        raise ResultsError(f"{info.path}: config.bootstrap {info.bootstrap} is outside 0..{MAX_BOOTSTRAP}, "
+                           f"more resamples than verify-run recomputes")
     models = info.model_names
     arrays = read_scores(run_dir / SCORES_NPZ)
     clip_ids, targets = _check_scores(run_dir / SCORES_NPZ, arrays, models, conditions)
