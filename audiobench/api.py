@@ -111,13 +111,34 @@ def _model_sources(model: Union[ModelLike, Sequence[ModelLike]]) -> tuple:
 def build_run_config(model, perturbations=(), *, data=None, limit=None, seed=0, device="auto", out="results",
                      checkpoint=None, data_root=None, run_id=None, resume=False, batch_size=16, precision="fp32",
                      bootstrap=1000, save_audio=0, trust_checks=True, on_bad_clip="fail", weights="default",
-                     label_map=None):
+                     label_map=None, reference_model=None, suite=None, transfer_from=None):
     """The :class:`~audiobench.engine.RunConfig` that :func:`evaluate` runs (checked, nothing run)."""
     from audiobench.engine import RunConfig
     from audiobench.perturb.spec import parse_conditions
 
     names, objects, identity = _model_sources(model)
+    if reference_model is not None and reference_model not in names:
+        from audiobench.models.resolve import check_model_source
+
+        check_model_source(reference_model)
+        names.append(reference_model)  # the reference is evaluated too: mCE needs its errors
     conditions = parse_conditions(list(perturbations) if not isinstance(perturbations, str) else [perturbations])
+    if transfer_from:
+        from audiobench.models.resolve import check_model_source
+        from audiobench.perturb.transfer import source_models, transfer_conditions
+
+        sources = ([s.strip() for s in transfer_from.split(",") if s.strip()] if isinstance(transfer_from, str)
+                   else [str(s) for s in transfer_from])
+        for src in sources:
+            for member in source_models(src):
+                check_model_source(member)
+        if len(set(sources)) != len(sources):
+            raise ConfigError("--transfer-from: a source is given twice")
+        if not any(c.is_attack and c.domain == "waveform" and not c.requires_fit and c.name != "chain"
+                   for c in conditions):
+            raise ConfigError("--transfer-from needs a waveform attack to transfer (e.g. --noise pgd --eps 0.002)")
+        conditions = transfer_conditions(conditions, sources)
+        transfer_from = sources
     if isinstance(checkpoint, dict):
         checkpoints = {k: (str(Path(v).expanduser()) if v is not None else None) for k, v in checkpoint.items()}
         unknown = sorted(set(checkpoints) - set(names))
@@ -134,7 +155,8 @@ def build_run_config(model, perturbations=(), *, data=None, limit=None, seed=0, 
         device=device, batch_size=batch_size, limit=limit, seed=seed, out=Path(out), run_id=run_id, resume=resume,
         precision=precision, bootstrap=bootstrap, save_audio=save_audio, weights=weights, trust_checks=trust_checks,
         on_bad_clip=on_bad_clip, label_map=None if label_map is None else str(Path(label_map).expanduser()),
-        model_objects=objects, object_identity=identity,
+        model_objects=objects, object_identity=identity, reference_model=reference_model, suite=suite,
+        transfer_from=transfer_from,
     )
     config.validate()
     return config
@@ -159,7 +181,9 @@ def evaluate(model, perturbations: Sequence[Any] = (), *, data: Optional[str] = 
         **run_options: every other ``audiobench run`` option as a keyword: ``checkpoint`` (a path,
             or a mapping model → path), ``data_root``, ``run_id``, ``resume``, ``batch_size``,
             ``precision``, ``bootstrap``, ``save_audio``, ``trust_checks``, ``on_bad_clip``,
-            ``label_map`` (a CSV mapping the model's classes to the dataset's).
+            ``label_map`` (a CSV mapping the model's classes to the dataset's), ``reference_model``
+            (normalises mCE), ``suite`` (the name of the suite the conditions come from, for the
+            summary rows), ``transfer_from`` (source model(s) for transfer attacks).
 
     Raises :class:`~audiobench.errors.AudiobenchError` (one line) for bad input, and
     :class:`~audiobench.engine.StopRequested` when SIGINT/SIGTERM stopped the run (every finished

@@ -67,7 +67,7 @@ def cli():
 
 @cli.group("list", cls=AudiobenchGroup)
 def list_group():
-    """List registered models, perturbations, datasets or metrics (one name per line first)."""
+    """List models, perturbations, suites, datasets or metrics (one name per line first)."""
 
 
 @list_group.command("models")
@@ -87,6 +87,19 @@ def list_perturbations():
 
     for name, cls in PERTURBATIONS.items():
         click.echo(f"{name}\t{cls.level_field or '-'}\t{_first_sentence(cls.__doc__)}")
+
+
+@list_group.command("suites")
+def list_suites():
+    """Named suites of conditions (audiobench run --suite NAME) and each condition's physical parameter."""
+    from audiobench.perturb.suites import SUITES, describe_suite
+
+    for name, suite in SUITES.items():
+        click.echo(f"{name}\t{suite.description}")
+        for cid, text in describe_suite(name):
+            click.echo(f"  {cid}\t{text}")
+        for kind, bank in sorted(suite.needs_bank.items()):
+            click.echo(f"  ({kind} runs only with {bank.replace('_', '-')} DIR: --{bank.replace('_', '-')})")
 
 
 @list_group.command("datasets")

@@ -20,6 +20,35 @@ from audiobench.engine.distributed import DistContext, env_world, shard_batches,
 from audiobench.errors import ConfigError
 
 
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "audiobench"
+
+
+def audiobench_frames(stderr: str) -> list:
+    """Traceback frames in audiobench's own source files (``File ".../audiobench/x.py"``), not
+    every line that happens to contain the word (a virtual environment under a folder named
+    audiobench, site-packages of an installed copy)."""
+    import re
+
+    frames = []
+    for ln in stderr.splitlines():
+        m = re.match(r'\s*File "([^"]+)"', ln)
+        if m:
+            path = Path(m.group(1))
+            try:
+                path.resolve().relative_to(PACKAGE_DIR.resolve())
+            except ValueError:
+                continue
+            frames.append(ln)
+    return frames
+
+
+def test_audiobench_frames_ignore_a_venv_path_that_contains_audiobench(tmp_path):
+    venv = tmp_path / "audiobench-venv" / "lib" / "python3.11" / "site-packages" / "torch" / "distributed" / "run.py"
+    ours = PACKAGE_DIR / "engine" / "schedule.py"
+    stderr = f'  File "{venv}", line 1, in <module>\n  File "{ours}", line 2, in run\n'
+    assert audiobench_frames(stderr) == [f'  File "{ours}", line 2, in run']
+
+
 # -- sharding ----------------------------------------------------------------------------------------
 @settings(max_examples=60, deadline=None)
 @given(
@@ -27,6 +56,8 @@ from audiobench.errors import ConfigError
     batch_size=st.integers(1, 9),
     world=st.integers(1, 5),
 )
+
+
 def test_round_robin_shards_cover_every_batch_once(cuts, batch_size, world):
     pts = sorted(set(cuts + [0, 61]))
     ranges = [(a, b) for a, b in zip(pts, pts[1:]) if (a // 7) % 2 == 0]  # some gaps, like a resume
@@ -143,7 +174,7 @@ def test_rank_failure_is_one_clear_line_and_the_run_resumes(shard, reference, tm
     assert len(errors) == 1, res.stderr[-3000:]
     assert "rank 1 failed" in errors[0] and "injected failure" in errors[0]
     # no traceback from audiobench (torchrun prints its own ChildFailedError summary after the line)
-    assert not [ln for ln in res.stderr.splitlines() if ln.strip().startswith("File ") and "audiobench" in ln]
+    assert not audiobench_frames(res.stderr)
     run_dir = tmp_path / "fail"
     meta = json.loads((run_dir / "run.json").read_text())
     assert meta["complete"] is False

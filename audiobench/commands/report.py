@@ -50,10 +50,12 @@ def report(paths, fmt, out, allow_mixed, include_incomplete, width):
     if fmt == "table" and sys.stdout.isatty():
         from rich.console import Console
 
+        from audiobench.report.sections import rich_tables
         from audiobench.report.tables import ReportView, table_renderables
 
         console = Console(width=width)
-        for r in table_renderables(ReportView(runs)):
+        view = ReportView(runs)
+        for r in [*table_renderables(view), *rich_tables(view)]:
             console.print(r)
         return
     click.echo(render(runs, fmt, width=width or 120), nl=False)

@@ -55,6 +55,21 @@ def parse_checkpoints(value: str | None, models: list[str]) -> dict:
 @click.option("--restarts", type=int, default=None, help="Attack random restarts (per-clip worst case kept).")
 @click.option("--eps-max", type=float, default=None, help="min-eps: upper end of the bisection.")
 @click.option("--epochs", type=int, default=None, help="universal: passes over the data to learn the perturbation.")
+@click.option("--severity", default=None, help="Corruption severity level(s) 1-5, comma list (corruptions, --suite).")
+@click.option("--suite", default=None, help="Run a named suite of conditions, e.g. audioset-c (audiobench list suites).")
+@click.option("--noise-bank", type=click.Path(file_okay=False), default=None,
+              help="Folder of background recordings for the background corruption (MUSAN/DEMAND/ESC-50-style).")
+@click.option("--rir-bank", type=click.Path(file_okay=False), default=None,
+              help="Folder of measured room impulse responses for reverb (default: synthetic rooms).")
+@click.option("--reference-model", default=None,
+              help="Model whose corruption errors normalise mCE (default with several models: the first).")
+@click.option("--attack-band", default=None, help="Keep the attack's delta in a frequency band: LOW,HIGH in Hz (or LO-HI,LO-HI,... for a band sweep).")
+@click.option("--attack-span", default=None, help="Keep the attack's delta in a time window: START,END in seconds.")
+@click.option("--attack-mask", type=click.Choice(["none", "padding"]), default=None,
+              help="padding: never perturb the trailing zero padding of short clips.")
+@click.option("--transfer-from", default=None,
+              help="Craft the attacks on these source model(s) and score the clips with every --model: "
+                   "A[,B] (A+B: an ensemble maximising the mean loss).")
 @click.option("--on", default=None, help="Apply the grid on top of this perturbation, e.g. gaussian:snr_db=20 or 'occlusion:pattern=alternate;period_s=0.5' (PGD on perturbed audio).")
 @click.option("--data", default=None, help="Data manifest (name or .json), HDF5 shard, or AST JSON datafile. Default: the embedded toy set.")
 @click.option("--data-root", default=None, envvar="AUDIOBENCH_DATA", help="Root that manifest shard paths are relative to.")
@@ -77,12 +92,16 @@ def parse_checkpoints(value: str | None, models: list[str]) -> dict:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def run(models, noises, eps, snr, sigma, pattern, period, span, fraction, band, fill, fill_level, norm, steps, step_size,
         restarts, eps_max, epochs, on, data, data_root, checkpoint, device, batch_size, limit, seed, precision, bootstrap, out,
-        run_id, resume, save_audio, on_bad_clip, no_trust_checks, random_weights, quiet, label_map):
+        run_id, resume, save_audio, on_bad_clip, no_trust_checks, random_weights, quiet, label_map, severity, suite,
+        noise_bank, rir_bank, reference_model, attack_band, attack_span, attack_mask, transfer_from):
     """Run models over a dataset, clean and under each perturbation at each level.
 
     \b
     Examples:
       audiobench run --model toy-cnn --noise pgd --eps 0.002
+      audiobench run --model toy-cnn --suite audioset-c --limit 8
+      audiobench run --model toy-cnn --noise pgd --eps 0.002 --attack-band 0,4000
+      audiobench run --model toy-cnn,toy-transformer --transfer-from toy-cnn,toy-transformer --noise pgd --eps 0.002
       audiobench run --model efficientat-mn04 --noise gaussian,pgd --snr 30,20,10 --eps 0.001,0.002
       audiobench run --noise occlusion --pattern alternate --period 1,0.5,0.25
     """
@@ -95,12 +114,18 @@ def run(models, noises, eps, snr, sigma, pattern, period, span, fraction, band, 
     noise_list = _split(noises) or ["none"]
     options = dict(eps=eps, snr=snr, sigma=sigma, pattern=pattern, period=period, span=span, fraction=fraction, band=band,
                    fill=fill, fill_level=fill_level, norm=norm, steps=steps, step_size=step_size, restarts=restarts,
-                   eps_max=eps_max, epochs=epochs, on=on)
+                   eps_max=eps_max, epochs=epochs, on=on, severity=severity, noise_bank=noise_bank, rir_bank=rir_bank,
+                   attack_band=attack_band, attack_span=attack_span, attack_mask=attack_mask)
     argv = list(sys.argv[1:])
     if resume and not run_id:
         run_id = _latest_incomplete_run(Path(out))
+    notes: list = []
+    conditions = build_conditions(noise_list, options, suite=suite, notes=notes)
+    for line in notes:
+        click.echo(line, err=True)
     config = build_run_config(
-        model_list, build_conditions(noise_list, options), data=data, data_root=data_root,
+        model_list, conditions, data=data, data_root=data_root, reference_model=reference_model, suite=suite,
+        transfer_from=transfer_from,
         checkpoint=parse_checkpoints(checkpoint, model_list), device=device, batch_size=batch_size, limit=limit,
         seed=seed, out=out, run_id=run_id, resume=resume, precision=precision, bootstrap=bootstrap,
         save_audio=save_audio, weights="random" if random_weights else "default", trust_checks=not no_trust_checks,

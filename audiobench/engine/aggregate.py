@@ -18,7 +18,7 @@ from audiobench.engine.units import load_units, unit_dir
 from audiobench.errors import ResultsError
 from audiobench.metrics.condition import finite_rows, sigmoid
 from audiobench.results.schema import write_tables
-from audiobench.results.tables import head_function, model_tables
+from audiobench.results.tables import head_function, model_tables, suite_rows, summary_conditions
 
 
 def _map(logits: np.ndarray, targets: np.ndarray, keep: np.ndarray) -> float:
@@ -79,6 +79,9 @@ def aggregate_run(run_dir: Path, meta: Dict[str, Any], dataset, n_clips: int, pl
     class_frames: list = []
     arrays: Dict[str, np.ndarray] = {"clip_ids": clip_ids, "targets": targets}
     meta["trust"] = {}
+    meta["summaries"] = summary_conditions(conditions, meta["config"].get("suite"))
+    logits_of: Dict[str, Dict[str, np.ndarray]] = {}
+    valid_of: Dict[str, np.ndarray] = {}
     for model_name in meta["config"]["models"]:
         plan = plans[model_name]
         ident = {"config_hash": meta["config_hash"], "model": model_name}
@@ -98,7 +101,8 @@ def aggregate_run(run_dir: Path, meta: Dict[str, Any], dataset, n_clips: int, pl
         verdicts = trust.assess(evidence)
         meta["trust"][model_name] = verdicts
         by_id = {c["id"]: units[ci] for ci, c in enumerate(conditions)}
-        extras = {cid: {"snr_db": u["snr_db"], "linf": u["linf"], "l2": u["l2"], "min_eps": u.get("pc_min_eps")}
+        extras = {cid: {"snr_db": u["snr_db"], "linf": u["linf"], "l2": u["l2"], "min_eps": u.get("pc_min_eps"),
+                        "measured": {k[3:]: v for k, v in u.items() if k.startswith("pc_") and k != "pc_min_eps"}}
                   for cid, u in by_id.items()}
         model = models.get(model_name)
         embs = {cid: u["embedding"] for cid, u in by_id.items() if "embedding" in u}
@@ -109,7 +113,50 @@ def aggregate_run(run_dir: Path, meta: Dict[str, Any], dataset, n_clips: int, pl
             clean_energy=units[0].get("clean_energy"),  # units stored by an older audiobench lack it
         )
         metric_rows += m_rows
+        logits_of[model_name] = {cid: u["logits"] for cid, u in by_id.items()}
+        valid_of[model_name] = ~bad_input
         clip_frames += c_frames
         class_frames += k_frames
         arrays.update(arr)
-    write_tables(run_dir, metric_rows, clip_frames, class_frames, arrays)
+    spectra = footprint_tables(run_dir, meta, dataset, plans, n_clips)
+    if meta["summaries"]:
+        models = list(meta["config"]["models"])
+        ref_name = meta["config"].get("reference_model") or (models[0] if len(models) > 1 else None)
+        meta["reference_model"] = ref_name
+        for model_name in models:
+            reference = logits_of.get(ref_name) if ref_name is not None else None
+            # bad input is a property of the clip: both models leave out the same clips
+            valid = valid_of[model_name] & (valid_of[ref_name] if ref_name is not None else True)
+            metric_rows += suite_rows(run_id, model_name, conditions, logits_of[model_name], targets, valid,
+                                      suite=meta["config"].get("suite"), n_boot=n_boot, seed=seed, reference=reference)
+    write_tables(run_dir, metric_rows, clip_frames, class_frames, arrays, spectrum=spectra)
+
+
+def footprint_tables(run_dir: Path, meta: Dict[str, Any], dataset, plans: Dict[str, ModelPlan], n_clips: int):
+    """perturbation_spectrum.csv's rows: each attack's footprint per model, from the per-unit sums
+    its units hold (None when no unit holds one)."""
+    import pandas as pd
+
+    from audiobench.perturb.footprint import footprint_cells, summarise_footprint
+
+    cells = footprint_cells(int(dataset.num_samples), int(dataset.sample_rate))
+    frames = []
+    for model_name in meta["config"]["models"]:
+        ident = {"config_hash": meta["config_hash"], "model": model_name}
+        for ci, cond in enumerate(plans[model_name].conditions):
+            if not cond.is_attack or cond.domain != "waveform":
+                continue
+            u = load_units(unit_dir(run_dir, model_name, ci), n_clips, {**ident, "job": f"c{ci:03d}"})
+            if "fp_delta_energy" not in u:
+                continue
+            t = u["fp_totals"]
+            per = {"delta_energy": u["fp_delta_energy"], "clean_energy": u["fp_clean_energy"],
+                   "delta_energy_total": t[:, 0], "delta_energy_padding": t[:, 1], "delta_energy_silence": t[:, 2],
+                   "padding_samples": t[:, 3]}
+            df = summarise_footprint(per, cells.band_edges_hz, cells.segment_edges_s, n_clips=n_clips)
+            df.insert(0, "condition", cond.condition_id)
+            df.insert(0, "model", model_name)
+            df.insert(0, "run_id", meta["run_id"])
+            frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else None
+

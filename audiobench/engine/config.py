@@ -41,6 +41,9 @@ class RunConfig:
     model_objects: Dict[str, Any] = field(default_factory=dict)
     # identity of each model object (state-dict sha256), part of the result config
     object_identity: Dict[str, str] = field(default_factory=dict)
+    reference_model: Optional[str] = None  # normalises the corruption suite's mCE
+    suite: Optional[str] = None  # the suite the conditions come from (names the summary rows)
+    transfer_from: Optional[List[str]] = None  # transfer sources: model names, "A+B" = ensemble
 
     def validate(self) -> None:
         """One-line ConfigErrors for values no run can use (checked before any work)."""
@@ -90,4 +93,10 @@ class RunConfig:
             out["label_map"] = {"path": str(self.label_map), "sha256": sha256_file(self.label_map)}
         if self.object_identity:
             out["model_objects"] = dict(self.object_identity)
+        if self.reference_model is not None:
+            out["reference_model"] = self.reference_model
+        if self.suite is not None:
+            out["suite"] = self.suite
+        if self.transfer_from:
+            out["transfer_from"] = list(self.transfer_from)
         return out

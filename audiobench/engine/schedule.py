@@ -27,7 +27,14 @@ from audiobench.engine.distributed import fail_hook, setup, shard_batches, split
 from audiobench.engine.plan import Job, ModelPlan, plan_model
 from audiobench.engine.rundir import RunFolder, base_meta, now_iso
 from audiobench.engine.step import StepSettings, evaluate_batch_splitting
-from audiobench.engine.units import check_identities, load_units, missing_ranges, stored_ranges, unit_identity, write_unit
+from audiobench.engine.units import (
+    check_identities,
+    load_units,
+    missing_ranges,
+    stored_ranges,
+    unit_identity,
+    write_unit,
+)
 from audiobench.errors import ConfigError
 from audiobench.fileio import atomic_write_npz
 from audiobench.results import provenance
@@ -126,7 +133,8 @@ class Runner:
         self.result_config = rc
         self.config_hash = provenance.config_hash(rc)
         self.settings = StepSettings(seed=cfg.seed, precision=cfg.precision, on_bad_clip=cfg.on_bad_clip,
-                                     record_attack_l2=cfg.trust_checks, keep_perturbed=cfg.save_audio > 0)
+                                     record_attack_l2=cfg.trust_checks, keep_perturbed=cfg.save_audio > 0,
+                                     sample_rate=int(self.dataset.sample_rate))
         if self.dist.is_main:  # only rank 0 touches the result folder
             self.folder = RunFolder(cfg.out, cfg.run_id, self.config_hash, resume=cfg.resume, log=self.log)
             self.folder.prepare()
@@ -162,6 +170,8 @@ class Runner:
             self.meta = meta
             try:
                 self._load_models()
+                self._craft_sources(guard)
+                self._sources = {}  # source-only models are no longer needed
                 for model_name in self.config.models:
                     self._run_model(model_name, guard)
             except StopRequested:
@@ -205,24 +215,31 @@ class Runner:
         return model, probe
 
     def _load_models(self) -> None:
-        """Load, check and probe every model before the first job runs."""
+        """Load, check and probe every model (and every transfer source) before the first job."""
         from audiobench.models.resolve import model_provenance
 
         self._models = {}
-        for model_name in self.config.models:
+        self._sources = {}
+        sources = [m for c in self.config.conditions if c.name == "transfer" for m in c.sources]
+        for model_name in dict.fromkeys(list(self.config.models) + sources):
             with self.dist.step(f"loading model {model_name}"):
                 model, probe = self._load_model(model_name)
             provenance = getattr(model, "provenance", None) or model_provenance(model)
-            self.meta["models"][model_name] = {
+            # transfer sources that are not targets are recorded apart (they have no result rows)
+            where = "models" if model_name in self.config.models else "transfer_sources"
+            self.meta.setdefault(where, {})[model_name] = {
                 "spec": model.spec.to_dict(),
                 "checkpoint": getattr(model, "checkpoint_path", None),
                 "checkpoint_sha256": getattr(model, "checkpoint_sha256", None),
                 "provenance": provenance,
                 "probe": probe,
             }
-            if len({m["checkpoint_sha256"] for m in self.dist.all_gather(self.meta["models"][model_name])}) > 1:
+            if len({m["checkpoint_sha256"] for m in self.dist.all_gather(self.meta[where][model_name])}) > 1:
                 raise ConfigError(f"model {model_name}: the ranks of this job loaded different checkpoints")
-            self._models[model_name] = model
+            if model_name in self.config.models:
+                self._models[model_name] = model
+            if model_name in sources:
+                self._sources[model_name] = model
 
     def _run_model(self, model_name: str, guard: SignalGuard) -> None:
         model = self._models.pop(model_name)
@@ -263,27 +280,55 @@ class Runner:
         return None
 
     def _run_job(self, model_name: str, model, job: Job, guard: SignalGuard) -> None:
-        from audiobench.data.batch import Batch
+        """One job of one model over every clip range still missing."""
+        cond = job.condition
+        udir = job.unit_dir(self.run_dir, model_name)
+        source = None
+        if job.companion is None and cond.name == "transfer":
+            source = self._source_dir(cond)
+
+        def prepare():
+            if job.companion is None and cond.requires_fit:
+                with self.dist.solo_errors(f"fitting {model_name} {cond.condition_id}"):
+                    self._fit(model, cond, udir, unit_identity(self.config_hash, model_name, job.key + ".fit", 0, 0))
+            return self.dist.broadcast(self._parent_l2(model_name, job) if self.dist.is_main else None)
+
+        def compute(batch, parent_l2):
+            l2 = None if parent_l2 is None else parent_l2[batch.start:batch.start + len(batch)]
+            crafted = None if source is None else self._crafted(source, batch)
+            return evaluate_batch_splitting(model, cond, batch, self.settings, device=self.device,
+                                            companion=job.companion, parent_l2=l2, crafted=crafted)
+
+        def stored(start, ids, pert):
+            if pert is not None:
+                self._save_audio(model_name, cond, start, ids, pert)
+
+        wall, clips = self._run_batches(udir, model_name, job.key, job.n_clips, f"{model_name} {job.label}", guard,
+                                        prepare, compute, stored)
+        if job.companion is None and clips:
+            self._record_timing(model_name, cond.condition_id, wall, clips)
+
+    def _run_batches(self, udir: Path, owner: str, key: str, n_clips: int, label: str, guard: SignalGuard,
+                     prepare, compute, stored=None):
+        """Compute and store the missing clip ranges of one job folder ``udir``: rank 0 finds what
+        is stored, the batches are dealt to the ranks round by round, rank 0 writes each finished
+        batch as a unit (identity: this run's config hash, ``owner``, ``key``). Returns (wall
+        seconds, clips computed)."""
         from audiobench.data.dataset import BatchIterator
 
         cfg, dist = self.config, self.dist
         main = dist.is_main
-        udir = job.unit_dir(self.run_dir, model_name)
         # rank 0 reads what is stored (units are the source of truth) and tells the others; a unit
         # that this run did not compute (copied from another run) is refused before any work
         if main:
-            check_identities(udir, {"config_hash": self.config_hash, "model": model_name, "job": job.key})
-        todo = dist.broadcast(missing_ranges(stored_ranges(udir), job.n_clips) if main else None)
+            check_identities(udir, {"config_hash": self.config_hash, "model": owner, "job": key})
+        todo = dist.broadcast(missing_ranges(stored_ranges(udir), n_clips) if main else None)
         if not todo:
-            return
+            return 0.0, 0
         self._materialise()
         if main:
             udir.mkdir(parents=True, exist_ok=True)
-        cond = job.condition
-        if job.companion is None and cond.requires_fit:
-            with dist.solo_errors(f"fitting {model_name} {cond.condition_id}"):
-                self._fit(model, cond, udir, unit_identity(self.config_hash, model_name, job.key + ".fit", 0, 0))
-        parent_l2 = dist.broadcast(self._parent_l2(model_name, job) if main else None)
+        context = prepare()
         remaining = sum(b - a for a, b in todo)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -297,7 +342,7 @@ class Runner:
         with show as progress, contextlib.closing(it):
             task = None
             if progress is not None:
-                task = progress.add_task(f"{model_name} {job.label}", total=job.n_clips, completed=job.n_clips - remaining)
+                task = progress.add_task(label, total=n_clips, completed=n_clips - remaining)
             stream = iter(it)
             for k in range(rounds):
                 result, error = None, None
@@ -305,9 +350,8 @@ class Runner:
                     try:
                         fail_hook(dist, k)
                         batch = next(stream)
-                        l2 = None if parent_l2 is None else parent_l2[batch.start:batch.start + len(batch)]
-                        unit = evaluate_batch_splitting(model, cond, batch, self.settings, device=self.device,
-                                                        companion=job.companion, parent_l2=l2)
+                        with self._step_progress(progress, task, label, batch):
+                            unit = compute(batch, context)
                         unit["clean_energy"] = clean_energy(batch.waveform, unit["bad_input"], self.device)
                         result = (batch.start, list(batch.clip_ids), unit, unit.pop("_pert", None))
                     except Exception as exc:
@@ -323,20 +367,82 @@ class Runner:
                             continue
                         start, ids, unit, pert = res
                         write_unit(udir, start, start + len(ids), unit,
-                                   unit_identity(self.config_hash, model_name, job.key, start, start + len(ids)))
-                        if pert is not None:
-                            self._save_audio(model_name, cond, start, ids, pert)
+                                   unit_identity(self.config_hash, owner, key, start, start + len(ids)))
+                        if stored is not None:
+                            stored(start, ids, pert)
                         if progress is not None:
                             progress.advance(task, len(ids))
                 failed = any(g[2] for g in gathered) if main else False
                 stop = next((g[1] for g in gathered if g[1]), None) if main else None
                 failed, stop = dist.broadcast((failed, stop))
                 if failed:  # every rank learns who failed and why; rank 0 reports it
-                    dist.agree(error, f"computing {model_name} {job.label}")
+                    dist.agree(error, f"computing {label}")
                 if stop:
                     raise StopRequested(stop)
-        if job.companion is None:
-            self._record_timing(model_name, cond.condition_id, time.perf_counter() - t0, remaining)
+        return time.perf_counter() - t0, remaining
+
+    @staticmethod
+    def _step_progress(progress, task, label: str, batch):
+        """Show the gradient steps of the batch being computed in the task's description."""
+        if progress is None:
+            return contextlib.nullcontext()
+        from audiobench.progress import on_attack_steps
+
+        count = [0]
+
+        def bump():
+            count[0] += 1
+            progress.update(task, description=f"{label} (clips {batch.start}-{batch.start + len(batch)}: "
+                                              f"gradient step {count[0]})")
+
+        @contextlib.contextmanager
+        def scope():
+            with on_attack_steps(bump):
+                yield
+            if count[0]:
+                progress.update(task, description=label)
+
+        return scope()
+
+    # -- transfer attacks ------------------------------------------------------------------------
+    def _source_dir(self, cond) -> Path:
+        from audiobench.engine.units import source_dir
+
+        return source_dir(self.run_dir, cond.source, self._transfer_index[cond.condition_id])
+
+    def _craft_sources(self, guard: SignalGuard) -> None:
+        """Craft every transfer condition's clips once on its source (model or ensemble), before
+        any target scores them; stored as units so a resume reuses them."""
+        from audiobench.engine.step import craft_batch
+        from audiobench.perturb.transfer import EnsembleSource
+
+        self._transfer_index = {}
+        crafted_any = False
+        for ci, cond in enumerate(self.config.conditions):
+            if cond.name != "transfer":
+                continue
+            self._transfer_index[cond.condition_id] = ci
+            members = [self._sources[m] for m in cond.sources]
+            source = members[0] if len(members) == 1 else EnsembleSource(members).eval()
+            attack = cond.attack_perturbation
+            udir = self._source_dir(cond)
+
+            def compute(batch, _context, source=source, attack=attack):
+                return craft_batch(source, attack, batch, self.settings, device=self.device)
+
+            self._run_batches(udir, f"source:{cond.source}", f"c{ci:03d}", self.n_clips,
+                              f"crafting {attack.condition_id} on {cond.source}", guard, lambda: None, compute)
+            crafted_any = True
+        if crafted_any:
+            self._write_meta()
+
+    def _crafted(self, udir: Path, batch) -> torch.Tensor:
+        """The crafted clips of ``batch``'s range (from the source's stored units)."""
+        from audiobench.engine.units import load_range
+
+        ident = None  # checked when the crafting loop ran (check_identities)
+        arr = load_range(udir, batch.start, batch.start + len(batch), "perturbed", ident)
+        return torch.from_numpy(arr)
 
     def _record_timing(self, model_name: str, condition_id: str, wall: float, clips: int) -> None:
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else _rss_peak_bytes()

@@ -33,6 +33,21 @@ class StepSettings:
     on_bad_clip: str = "fail"  # "fail" | "skip"
     record_attack_l2: bool = False  # store the L2 norm of a chained attack's own change (trust)
     keep_perturbed: bool = False  # return the perturbed waveform under "_pert" (--save-audio)
+    sample_rate: int = 0  # the dataset's rate (the attacks' footprint is computed in Hz and seconds)
+    footprints: bool = True  # store each attack's time-frequency footprint (summed over the unit's clips)
+
+
+def footprint_arrays(clean: torch.Tensor, pert: torch.Tensor, sample_rate: int) -> Dict[str, np.ndarray]:
+    """The attack's footprint summed over the clips of a batch (one row per unit; the aggregator
+    sums the rows, see :func:`audiobench.perturb.footprint.summarise_footprint`)."""
+    from audiobench.perturb.footprint import footprint_per_clip
+
+    fp = footprint_per_clip(clean, pert, sample_rate)
+    totals = np.stack([fp[k].sum() for k in ("delta_energy_total", "delta_energy_padding", "delta_energy_silence",
+                                             "padding_samples")])
+    return {"fp_delta_energy": fp["delta_energy"].sum(axis=0, keepdims=True),
+            "fp_clean_energy": fp["clean_energy"].sum(axis=0, keepdims=True),
+            "fp_totals": totals[None, :]}
 
 
 def perturbation_geometry(clean: torch.Tensor, pert: torch.Tensor) -> Dict[str, np.ndarray]:
@@ -77,9 +92,11 @@ def screen_bad_clips(batch: Batch, clean: torch.Tensor, settings: StepSettings, 
 
 
 def evaluate_batch(model, cond: Perturbation, batch: Batch, settings: StepSettings, *, device: torch.device,
-                   companion: Optional[Companion] = None, parent_l2: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
-    """Perturb one batch with ``cond`` (or run ``companion``, the trust reference of ``cond``),
-    score it with ``model`` and return the unit's arrays."""
+                   companion: Optional[Companion] = None, parent_l2: Optional[np.ndarray] = None,
+                   crafted: Optional[torch.Tensor] = None) -> Dict[str, np.ndarray]:
+    """Perturb one batch with ``cond`` (or run ``companion``, the trust reference of ``cond``; or,
+    for a transfer condition, take the ``crafted`` clips), score it with ``model`` and return the
+    unit's arrays."""
     clean = batch.waveform.to(device, non_blocking=True)
     targets = batch.targets.to(device, non_blocking=True)
     is_clean_pass = companion is None and cond.name == "none"
@@ -104,6 +121,10 @@ def evaluate_batch(model, cond: Perturbation, batch: Batch, settings: StepSettin
             pert = start
             with torch.no_grad():
                 logits, emb = _forward(model, feats_p, want_emb)
+        elif crafted is not None:  # a transfer condition: clips crafted on the source model
+            pert = crafted.to(device=device, dtype=clean.dtype)
+            with torch.no_grad():
+                logits, emb = _forward(model, model.features(pert), want_emb)
         else:
             if companion is not None and companion.same_l2_as_parent:
                 l2 = torch.as_tensor(np.asarray(parent_l2), dtype=torch.float32)
@@ -131,6 +152,9 @@ def evaluate_batch(model, cond: Perturbation, batch: Batch, settings: StepSettin
     }
     if emb is not None:
         unit["embedding"] = emb.float().cpu().numpy()
+    if (settings.footprints and companion is None and applied.is_attack and applied.domain == "waveform"
+            and settings.sample_rate > 0):
+        unit.update(footprint_arrays(clean, pert, settings.sample_rate))
     if settings.keep_perturbed and applied.domain != "feature" and companion is None:
         unit["_pert"] = pert.detach().float().cpu().numpy()
     unit.update(trace_arrays(trace))
@@ -138,12 +162,14 @@ def evaluate_batch(model, cond: Perturbation, batch: Batch, settings: StepSettin
 
 
 def evaluate_batch_splitting(model, cond: Perturbation, batch: Batch, settings: StepSettings, *, device: torch.device,
-                             companion: Optional[Companion] = None, parent_l2: Optional[np.ndarray] = None):
+                             companion: Optional[Companion] = None, parent_l2: Optional[np.ndarray] = None,
+                             crafted: Optional[torch.Tensor] = None):
     """:func:`evaluate_batch`; on CUDA out-of-memory, split the batch in halves and retry."""
     from audiobench.engine.units import merge_units
 
     try:
-        return evaluate_batch(model, cond, batch, settings, device=device, companion=companion, parent_l2=parent_l2)
+        return evaluate_batch(model, cond, batch, settings, device=device, companion=companion, parent_l2=parent_l2,
+                              crafted=crafted)
     except torch.cuda.OutOfMemoryError:
         what = companion.condition.condition_id if companion is not None else cond.condition_id
         if len(batch) == 1:
@@ -159,6 +185,30 @@ def evaluate_batch_splitting(model, cond: Perturbation, batch: Batch, settings: 
             Batch(batch.clip_ids[half:], batch.waveform[half:], batch.targets[half:], batch.start + half),
         ]
         l2_parts = [None, None] if parent_l2 is None else [parent_l2[:half], parent_l2[half:]]
-        units = [evaluate_batch_splitting(model, cond, p, settings, device=device, companion=companion, parent_l2=l)
-                 for p, l in zip(parts, l2_parts)]
+        crafted_parts = [None, None] if crafted is None else [crafted[:half], crafted[half:]]
+        units = [evaluate_batch_splitting(model, cond, p, settings, device=device, companion=companion, parent_l2=l,
+                                          crafted=c)
+                 for p, l, c in zip(parts, l2_parts, crafted_parts)]
         return merge_units(units)
+
+
+def craft_batch(source, attack: Perturbation, batch: Batch, settings: StepSettings, *, device: torch.device) -> Dict[str, np.ndarray]:
+    """A transfer attack's clips for one batch, crafted on ``source`` (a model, or an ensemble
+    whose outputs sit side by side: the targets are repeated once per member) with the attack's
+    own per-clip streams, as a white-box run of the source would; the unit holds the crafted
+    waveforms (``perturbed``, float32) and the attack's trace."""
+    clean = batch.waveform.to(device, non_blocking=True)
+    targets = batch.targets.to(device, non_blocking=True)
+    clean, bad = screen_bad_clips(batch, clean, settings, warn=False)
+    repeat = getattr(source, "repeat_targets", None)
+    attack_targets = repeat(targets) if repeat is not None else targets
+    trace = AttackTrace()
+    with autocast(device, settings.precision):
+        rng = ClipRNG.for_clips(settings.seed, batch.clip_ids, attack.condition_key(), device)
+        pert = attack(clean, model=source, targets=attack_targets, rng=rng, trace=trace)
+    n = len(batch)
+    # the per-clip keys every unit holds (geometry against the clean clip; no logits of the source)
+    geometry = perturbation_geometry(clean, pert)
+    return {"clip_ids": np.asarray(batch.clip_ids, dtype=str), "perturbed": pert.detach().float().cpu().numpy(),
+            "logits": np.zeros((n, 0), dtype=np.float32), "bad_input": bad.cpu().numpy(), **geometry,
+            **trace_arrays(trace)}

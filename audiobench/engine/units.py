@@ -33,6 +33,32 @@ def unit_dir(run_dir: Path, model: str, cond_index: int, role: Optional[str] = N
     return Path(run_dir) / UNITS_DIR / safe_name(model) / name
 
 
+def source_dir(run_dir: Path, source: str, cond_index: int) -> Path:
+    """Folder of the clips crafted on a transfer source (a model, or ``A+B``) for condition
+    ``cond_index``: ``units/_sources/<source>/c<NNN>``."""
+    return Path(run_dir) / UNITS_DIR / "_sources" / safe_name(source) / f"c{cond_index:03d}"
+
+
+def load_range(udir: Path, start: int, stop: int, key: str, identity: Optional[Dict[str, object]] = None) -> np.ndarray:
+    """``key`` of the clips [start, stop) from the stored units that cover them (units may be cut
+    differently, e.g. after a resume with another batch size)."""
+    parts, pos = [], start
+    for a, b in stored_ranges(udir):
+        if b <= pos or a >= stop:
+            continue
+        if a > pos:
+            break
+        ident = None if identity is None else {**identity, "start": a, "stop": b}
+        arr = read_unit(unit_path(udir, a, b), ident, per_clip=False)[key]
+        parts.append(arr[pos - a:min(stop, b) - a])
+        pos = min(stop, b)
+        if pos >= stop:
+            break
+    if pos < stop:
+        raise ResultsError(f"{udir}: stored units do not cover clips {start}-{stop} (resume the run)")
+    return np.concatenate(parts, axis=0)
+
+
 def unit_path(udir: Path, start: int, stop: int) -> Path:
     return Path(udir) / f"{start:08d}-{stop:08d}.npz"
 

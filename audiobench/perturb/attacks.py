@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from audiobench.errors import ConfigError
 from audiobench.perturb import register_perturbation
+from audiobench.progress import attack_step
 from audiobench.perturb.base import (
     TENFOLD_CLIPS,
     AttackTrace,
@@ -87,6 +88,7 @@ def loss_and_grad(forward: Callable, x: torch.Tensor, targets: torch.Tensor) -> 
         xg = x.detach().requires_grad_(True)
         loss = bce_per_clip(forward(xg), targets)
         (g,) = torch.autograd.grad(loss.sum(), xg)
+    attack_step()  # a progress bar may follow the steps of a slow batch
     return loss.detach(), g.detach()
 
 

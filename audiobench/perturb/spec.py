@@ -23,12 +23,38 @@ MAX_CELLS = 10_000  # conditions one grid may expand to, unless the caller allow
 # CLI option -> perturbation dataclass field. Level options take comma-separated lists.
 LEVEL_OPTIONS = {
     "eps": "eps", "snr": "snr_db", "sigma": "sigma", "period": "period_s", "span": "span_s",
-    "fraction": "fraction", "band": "band_hz",
+    "fraction": "fraction", "band": "band_hz", "severity": "severity",
 }
 SCALAR_OPTIONS = {
     "pattern": "pattern", "norm": "norm", "steps": "steps", "step_size": "step_size", "restarts": "restarts",
     "fill": "fill", "fill_level": "fill_level_db", "eps_max": "eps_max", "epochs": "epochs",
+    "noise_bank": "bank", "rir_bank": "rir_bank", "attack_mask": "attack_mask",
 }
+# options naming where an attack's delta may live: one (LOW, HIGH) pair, "LOW,HIGH", or several
+# pairs "LO-HI,LO-HI" (a band sweep)
+RANGE_OPTIONS = {"attack_band": "attack_band_hz", "attack_span": "attack_span_s"}
+
+
+def parse_ranges(option: str, value) -> list:
+    """``"500,2000"`` → [(500.0, 2000.0)]; ``"0-4000,4000-16000"`` → two ranges; a tuple passes."""
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        return [tuple(float(v) for v in value)]
+    text = str(value).strip()
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        if parts and all("-" not in p.lstrip("-") for p in parts):
+            if len(parts) != 2:
+                raise ValueError
+            return [(float(parts[0]), float(parts[1]))]
+        out = []
+        for p in parts:
+            lo, hi = p.split("-", 1)
+            out.append((float(lo), float(hi)))
+        if not out:
+            raise ValueError
+        return out
+    except ValueError:
+        raise ConfigError(f"--{option.replace('_', '-')} {value!r}: expected LOW,HIGH or LO-HI[,LO-HI...]") from None
 
 
 def _split(value: str | None) -> list[str]:
@@ -80,19 +106,42 @@ def chained(base_spec: Dict[str, Any], conditions: Sequence[Perturbation], *, ma
     return base_alone + [Chain(base=base_spec, attack={"perturbation": c.name, **own_fields(c)}) for c in conditions]
 
 
-def build_conditions(noises: List[str], options: dict, *, max_cells: int = MAX_CELLS) -> list:
-    """Expand the CLI's --noise kinds and level options into the list of conditions (clean first)."""
+def build_conditions(noises: List[str], options: dict, *, max_cells: int = MAX_CELLS, suite: str | None = None,
+                     notes: list | None = None) -> list:
+    """Expand the CLI's --noise kinds and level options into the list of conditions (clean first);
+    ``suite`` adds a named suite's conditions (``--severity`` selects its severities, the bank
+    options reach the kinds that take them); lines about skipped suite members go to ``notes``."""
     from audiobench.perturb.grid import parse_levels
 
     given = {k: v for k, v in options.items() if v is not None}
     used = set()
     conditions = [PERTURBATIONS.get("none")()]
+    if suite is not None:
+        from audiobench.perturb.suites import expand_suite
+
+        sevs = None
+        if "severity" in given:
+            try:
+                sevs = tuple(int(v) for v in parse_levels(given["severity"]))
+            except (ConfigError, ValueError, OverflowError):
+                raise ConfigError(f"--severity {given['severity']!r}: expected integers 1-5, e.g. 1,3,5") from None
+        suite_conds, skipped = expand_suite(suite, noise_bank=given.get("noise_bank"), rir_bank=given.get("rir_bank"),
+                                            severities=sevs)
+        conditions.extend(suite_conds)
+        if notes is not None:
+            notes.extend(f"suite {suite}: {line}" for line in skipped)
+        used |= {"severity", "noise_bank", "rir_bank"} & set(given)
+        noises = [n for n in noises if n != "none"]
     for kind in noises:
         cls = PERTURBATIONS.get(kind)  # unknown name -> "did you mean"
         if kind == "none":
             continue
         fields = {f.name for f in dataclasses.fields(cls)}
         kw = {}
+        for opt, field in RANGE_OPTIONS.items():
+            if opt in given and field in fields:
+                kw[field] = parse_ranges(opt, given[opt])
+                used.add(opt)
         for opt, field in {**LEVEL_OPTIONS, **SCALAR_OPTIONS}.items():
             if opt in given and field in fields:
                 value = given[opt]

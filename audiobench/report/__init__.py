@@ -19,12 +19,12 @@ __all__ = ["FORMATS", "RunResult", "collect_runs", "load_run", "render", "render
 
 def render(runs: Sequence[RunResult], fmt: str, *, width: int = 120) -> str:
     """The report as text for the text formats ("table", "md", "csv")."""
-    from audiobench.report import tables
+    from audiobench.report import sections, tables
 
     if fmt == "table":
-        return tables.render_table(runs, width=width)
+        return tables.render_table(runs, width=width, extra=sections.rich_tables(tables.ReportView(runs)))
     if fmt == "md":
-        return tables.render_md(runs)
+        return tables.render_md(runs) + sections.render_md(tables.ReportView(runs))
     if fmt == "csv":
         return tables.render_csv(runs)
     raise ValueError(f"render() covers the text formats table, md, csv; got {fmt!r} (use render_html)")

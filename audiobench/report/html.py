@@ -16,9 +16,10 @@ from typing import Sequence
 from urllib.parse import quote
 
 from audiobench import __version__
-from audiobench.report._io import atomic_write_bytes, atomic_write_text
+from audiobench.fileio import atomic_write_bytes, atomic_write_text
 from audiobench.report.collect import CLEAN, RunResult
 from audiobench.report.plots import Plot, all_plots
+from audiobench.report.sections import SECTIONS, analysis_plots, html_tables
 from audiobench.report.tables import (
     CALIBRATION_METRICS, MEDIAN_DISAGREES, MIN_EPS_HEADER, NOT_COMPARABLE_NOTE, QUALITY_METRICS, SHIFT_METRICS,
     SUSPECT, WITH_DROP, ReportView, has_not_comparable, map_note, matrix, metric_title, min_eps_rows,
@@ -156,7 +157,7 @@ def build_html(runs: Sequence[RunResult], plots: Sequence[Plot], *, base_dir: Pa
     body = [f"<h1>audiobench report</h1><p class=\"meta\">audiobench {escape(__version__)} · "
             f"{len(runs)} run(s) · {len(view.entries)} model column(s) · {len(view.conditions)} condition(s)</p>"]
     nav = [("runs", "Runs"), ("tables", "Tables"), ("suspect", "Suspect flags")]
-    nav += [(s.replace("_", "-"), t) for s, t, _ in _PLOT_SECTIONS if any(p.section == s for p in plots)]
+    nav += [(s.replace("_", "-"), t) for s, t, _ in _PLOT_SECTIONS + SECTIONS if any(p.section == s for p in plots)]
     nav.append(("audio", "Audio"))
     body.append("<nav>" + "".join(f'<a href="#{a}">{escape(t)}</a>' for a, t in nav) + "</nav>")
     body.append('<h2 id="runs">Runs</h2>' + _runs_table(runs))
@@ -194,8 +195,9 @@ def build_html(runs: Sequence[RunResult], plots: Sequence[Plot], *, base_dir: Pa
     calib = [(m, t) for m, t in calib if t]
     if calib:
         body.append("<h3>Calibration</h3>" + "".join(f"<h4>{escape(metric_title(m))}</h4>{t}" for m, t in calib))
+    body.append(html_tables(view))
     body.append('<h2 id="suspect">Suspect flags</h2>' + _suspect_section(view))
-    for section, title, blurb in _PLOT_SECTIONS:
+    for section, title, blurb in _PLOT_SECTIONS + SECTIONS:
         figs = [p for p in plots if p.section == section]
         if figs:
             body.append(f'<h2 id="{section.replace("_", "-")}">{escape(title)}</h2><p class="meta">{escape(blurb)}</p>'
@@ -209,7 +211,8 @@ def build_html(runs: Sequence[RunResult], plots: Sequence[Plot], *, base_dir: Pa
             + page + "\n</body></html>\n")
 
 
-_OUR_PNG = re.compile(r"^(curve|single-level|hist|min-eps|delta-ap)[-A-Za-z0-9._]*\.png$")
+_OUR_PNG = re.compile(r"^(curve|single-level|hist|min-eps|delta-ap|corruption|footprint|band-sweep|transfer|sharpness)"
+                      r"[-A-Za-z0-9._]*\.png$")
 
 
 def render_html(runs: Sequence[RunResult], out: Path | str, *, plots: Sequence[Plot] | None = None
@@ -221,7 +224,10 @@ def render_html(runs: Sequence[RunResult], out: Path | str, *, plots: Sequence[P
     for these runs (by :func:`~audiobench.report.plots.all_plots`), else they are drawn here.
     """
     out = Path(out)
-    plots = all_plots(ReportView(runs)) if plots is None else list(plots)
+    if plots is None:
+        view = ReportView(runs)
+        plots = all_plots(view) + analysis_plots(view)
+    plots = list(plots)
     assets = assets_dir_for(out)
     written = []
     for p in plots:

@@ -193,7 +193,8 @@ def sweep_groups(view: ReportView) -> list[tuple[str, str, list[Condition]]]:
     (mildest first)."""
     groups: dict[tuple[str, str], list[Condition]] = {}
     for c in view.conditions:
-        if c.clean or c.min_eps or not _finite(c.level):
+        # transfer conditions have their own section (a source x target matrix per attack)
+        if c.clean or c.min_eps or not _finite(c.level) or c.perturbation == "transfer":
             continue
         groups.setdefault((c.perturbation, c.param), []).append(c)
     return [(p, q, cs) for (p, q), cs in groups.items()]
@@ -202,7 +203,7 @@ def sweep_groups(view: ReportView) -> list[tuple[str, str, list[Condition]]]:
 def single_level_conditions(view: ReportView) -> list[Condition]:
     """Conditions that make no curve: the only level of their parameter, or no numeric level."""
     out = [cs[0] for _, _, cs in sweep_groups(view) if len(cs) == 1]
-    out += [c for c in view.conditions if not (c.clean or c.min_eps or _finite(c.level))]
+    out += [c for c in view.conditions if not (c.clean or c.min_eps or _finite(c.level) or c.perturbation == "transfer")]
     order = {c.id: i for i, c in enumerate(view.conditions)}
     return sorted(out, key=lambda c: order[c.id])
 

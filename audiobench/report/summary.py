@@ -23,27 +23,46 @@ def _fmt(v: float, digits: int = 4) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def _get(vals, name):
+    r = vals.get(name)
+    return math.nan if r is None else r.value
+
+
 def print_run_summary(run_dir: Path) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    rows = summary_rows(run_dir)
     table = Table(title=f"audiobench run {Path(run_dir).name}")
-    for col in ("model", "condition", "mAP [95% CI]", "ΔmAP", "top-5 hit", "KL", "top-1 flip", "trust"):
+    for col in ("model", "condition", "mAP [95% CI]", "ΔmAP", "top-5 hit", "JS (bits)", "true-label rank Δ", "trust"):
         table.add_column(col, justify="left" if col in ("model", "condition", "trust") else "right")
-    clean_map = {}
-    for model, cond, vals in summary_rows(run_dir):
-        if cond == "none":
-            clean_map[model] = vals["mAP"].value
-    for model, cond, vals in summary_rows(run_dir):
+    clean_map = {model: vals["mAP"].value for model, cond, vals in rows if cond == "none" and "mAP" in vals}
+    suite = []
+    for model, cond, vals in rows:
+        if "mAP" not in vals:  # a summary over conditions (the corruption suite)
+            suite.append((model, cond, vals))
+            continue
         mp = vals["mAP"]
         ci = f" [{_fmt(mp.ci_low, 3)}, {_fmt(mp.ci_high, 3)}]" if not math.isnan(mp.ci_low) else ""
         delta = mp.value - clean_map.get(model, math.nan)
         table.add_row(
-            model, cond, f"{_fmt(mp.value)}{ci}", "" if cond == "none" else f"{delta:+.4f}",
-            _fmt(vals["top5_hit_rate"].value, 3), _fmt(vals["kl_mean"].value, 3), _fmt(vals["top1_flip_rate"].value, 3),
+            escape(model), escape(cond), f"{_fmt(mp.value)}{ci}", "" if cond == "none" else f"{delta:+.4f}",
+            _fmt(_get(vals, "top5_hit_rate"), 3), _fmt(_get(vals, "js_mean"), 4), _fmt(_get(vals, "true_rank_change_mean"), 1),
             "SUSPECT" if bool(mp.suspect) else "ok",
         )
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # logs and pipes: don't wrap the table at 80 columns
     console.print(table)
+    summaries = [(m, c, v) for m, c, v in suite if "mean_corruption_map" in v]
+    if summaries:
+        st = Table(title="corruption suite")
+        for col in ("model", "suite", "mean corruption mAP [95% CI]", "relative robustness", "mCE"):
+            st.add_column(col, justify="left" if col in ("model", "suite") else "right")
+        for model, cond, vals in summaries:
+            r = vals["mean_corruption_map"]
+            ci = f" [{_fmt(r.ci_low, 3)}, {_fmt(r.ci_high, 3)}]" if not math.isnan(r.ci_low) else ""
+            st.add_row(escape(model), escape(cond), f"{_fmt(r.value)}{ci}", _fmt(_get(vals, "relative_robustness"), 3),
+                       _fmt(_get(vals, "mce"), 3))
+        console.print(st)

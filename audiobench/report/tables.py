@@ -424,12 +424,14 @@ def table_renderables(view: ReportView) -> list:
     return out
 
 
-def render_table(runs: Sequence[RunResult], *, width: int = 120) -> str:
+def render_table(runs: Sequence[RunResult], *, width: int = 120, extra: Sequence = ()) -> str:
+    """The rich tables as text; ``extra``: more renderables printed after them (the analysis
+    sections' tables)."""
     from rich.console import Console
 
     buf = io.StringIO()
     console = Console(file=buf, width=width, color_system=None, force_terminal=False, highlight=False)
-    for r in table_renderables(ReportView(runs)):
+    for r in [*table_renderables(ReportView(runs)), *extra]:
         console.print(r)
     return buf.getvalue()
 

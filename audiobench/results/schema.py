@@ -13,6 +13,8 @@ Layout of ``results/<run_id>/``::
                     (models with an embedding), bad_input__<model>, clean_energy__<model> (sum of
                     squares of each clean clip as the model saw it); what verify-run checks
                     per_clip.csv, the perturbation budgets and the latent metrics against
+    perturbation_spectrum.csv   each attack's footprint: energy of delta per mel band and 1 s
+                    segment relative to the clean audio's (runs with attacks only)
     units/          the engine's finished (model, condition, clip range) units (resume)
     audio/          optional listening examples: :func:`audio_path`
 
@@ -40,6 +42,7 @@ METRICS_PARQUET = "metrics.parquet"
 PER_CLIP_CSV = "per_clip.csv"
 PER_CLASS_CSV = "per_class.csv"
 SCORES_NPZ = "scores.npz"
+PERTURBATION_SPECTRUM_CSV = "perturbation_spectrum.csv"
 UNITS_DIR = "units"
 AUDIO_DIR = "audio"
 LOCK_FILE = "lock"
@@ -226,8 +229,10 @@ def write_run_info(run_dir: Path | str, info: Dict[str, Any]) -> None:
 
 
 # --- the tables ---------------------------------------------------------------------------------
-def write_tables(run_dir: Path, metric_rows: Sequence[dict], clip_frames, class_frames, arrays: Dict[str, Any]) -> None:
-    """Write metrics.csv/.parquet, per_clip.csv, per_class.csv and scores.npz (each atomically)."""
+def write_tables(run_dir: Path, metric_rows: Sequence[dict], clip_frames, class_frames, arrays: Dict[str, Any],
+                 *, spectrum=None) -> None:
+    """Write metrics.csv/.parquet, per_clip.csv, per_class.csv, scores.npz and (when given)
+    perturbation_spectrum.csv, each atomically."""
     import pandas as pd
 
     run_dir = Path(run_dir)
@@ -237,6 +242,8 @@ def write_tables(run_dir: Path, metric_rows: Sequence[dict], clip_frames, class_
     atomic_write_csv(run_dir / PER_CLIP_CSV, pd.concat(clip_frames, ignore_index=True))
     atomic_write_csv(run_dir / PER_CLASS_CSV, pd.concat(class_frames, ignore_index=True))
     atomic_write_npz(run_dir / SCORES_NPZ, **arrays)
+    if spectrum is not None:
+        atomic_write_csv(run_dir / PERTURBATION_SPECTRUM_CSV, spectrum)
 
 
 def read_table(path: Path, required: Sequence[str]):
@@ -370,6 +377,16 @@ class RunResult:
         return df
 
     @cached_property
+    def perturbation_spectrum(self):
+        """perturbation_spectrum.csv (the attacks' footprints), or None when the run has none."""
+        path = self.path / PERTURBATION_SPECTRUM_CSV
+        if not path.exists():
+            return None
+        df = read_table(path, ("run_id", "model", "condition", "band", "segment", "relative_db"))
+        self._check_run_id(df, PERTURBATION_SPECTRUM_CSV)
+        return df
+
+    @cached_property
     def scores(self) -> dict:
         return read_scores(self.path / SCORES_NPZ)
 
@@ -439,7 +456,8 @@ def check_metrics_match_run(run: RunResult) -> None:
             f"{where}: rows for model(s) {', '.join(sorted(seen_models - models))} not listed in run.json {hint}"
         )
     listed = [str(c["id"]) for c in run.conditions]
-    allowed = set(listed) | {CLEAN}
+    summaries = {str(c.get("id")): c for c in (run.info.get("summaries") or []) if isinstance(c, dict)}
+    allowed = set(listed) | {CLEAN} | set(summaries)
     seen_conds = set(m["condition"].unique())
     if seen_conds - allowed:
         raise ResultsError(
@@ -454,7 +472,7 @@ def check_metrics_match_run(run: RunResult) -> None:
     if dup.any():
         r = m[dup].iloc[0]
         raise ResultsError(f"{where}: metric {r['metric']} appears twice for {r['model']} / {r['condition']} {hint}")
-    by_id = {str(c["id"]): c for c in run.conditions}
+    by_id = {**summaries, **{str(c["id"]): c for c in run.conditions}}
     for (cond, pert), _ in m.groupby(["condition", "perturbation"]):
         expected = CLEAN if cond == CLEAN else str(by_id[cond].get("perturbation", pert))
         if pert != expected:

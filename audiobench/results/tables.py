@@ -78,6 +78,11 @@ def model_tables(run_id: str, model_name: str, conditions: List[Dict[str, Any]],
         pc["nonfinite"] = ~finite_rows(lg)
         pc["bad_input"] = ~valid
         pc["min_eps"] = np.asarray(min_eps, dtype=np.float64) if has_min_eps else np.nan
+        # what the perturbation measured per clip (realised SNR, RT60, bitrate, bad-gradient steps ...)
+        for name, values in sorted((ex.get("measured") or {}).items()):
+            values = np.asarray(values, dtype=np.float64).reshape(-1)
+            if len(values) == n_clips:
+                pc[name] = values
         clip_frames.append(pc)
         cls = [("AP", res["ap"]), ("AUC", res["auc"]), ("delta_AP", res["ap"] - clean_ap)]
         emb = (embeddings_by_cond or {}).get(cid)
@@ -133,3 +138,77 @@ def _finite_mean(x: np.ndarray) -> float:
     x = np.asarray(x, dtype=np.float64)
     x = x[np.isfinite(x)]
     return float(x.mean()) if len(x) else math.nan
+
+
+# --- the corruption suite's summary rows -----------------------------------------------------------
+SUITE_PERTURBATION = "suite"
+
+
+def corruption_conditions(conditions: List[Dict[str, Any]]) -> Dict[str, tuple]:
+    """condition id -> (corruption name, severity) for the run's natural-corruption conditions."""
+    from audiobench.perturb.corruptions import CORRUPTION_NAMES
+
+    out = {}
+    for c in conditions:
+        params = c.get("params") or {}
+        if c.get("perturbation") in CORRUPTION_NAMES and "severity" in params:
+            out[c["id"]] = (c["perturbation"], int(params["severity"]))
+    return out
+
+
+def summary_conditions(conditions: List[Dict[str, Any]], suite: Optional[str]) -> List[Dict[str, Any]]:
+    """run.json's ``summaries``: the rows a run's corruption conditions summarise to (the suite,
+    then each corruption), or none when the run has no corruption conditions."""
+    index = corruption_conditions(conditions)
+    if not index:
+        return []
+    sid = suite or "corruptions"
+    rows = [{"id": sid, "perturbation": SUITE_PERTURBATION, "param": "", "level": None, "kind": "suite"}]
+    for name in dict.fromkeys(n for n, _ in index.values()):
+        rows.append({"id": f"{sid}/{name}", "perturbation": name, "param": "", "level": None,
+                     "kind": "corruption"})
+    return rows
+
+
+def suite_rows(run_id: str, model_name: str, conditions: List[Dict[str, Any]], logits_by_cond: Dict[str, np.ndarray],
+               targets: np.ndarray, valid: np.ndarray, *, suite: Optional[str], n_boot: int, seed: int,
+               reference: Optional[Dict[str, np.ndarray]] = None) -> List[dict]:
+    """metrics.csv rows of the corruption summaries of one model (mean corruption mAP, relative
+    robustness, per-corruption mAP and error; mCE, relative mCE and normalised CE when the
+    ``reference`` model's logits (same condition ids, ``"none"`` included) are given). Clips left
+    out as bad input are left out here too; CIs from one bootstrap over clips shared by every
+    condition and the reference."""
+    from audiobench.metrics.corruption import corruption_summary
+
+    index = corruption_conditions(conditions)
+    if not index:
+        return []
+    clean_id = conditions[0]["id"]
+    keep = np.asarray(valid, dtype=bool)
+
+    def scores(lg):
+        return sigmoid(np.asarray(lg, dtype=np.float64)[keep])
+
+    ref = None
+    if reference is not None:
+        ref = {cid: scores(reference[cid]) for cid in index}
+    res = corruption_summary({cid: scores(logits_by_cond[cid]) for cid in index}, scores(logits_by_cond[clean_id]),
+                             np.asarray(targets, dtype=bool)[keep], index, reference_scores=ref,
+                             reference_clean_scores=None if reference is None else scores(reference[clean_id]),
+                             n_boot=n_boot, seed=seed)
+    sid = suite or "corruptions"
+    n_classes = int(np.asarray(targets, dtype=bool)[keep].any(axis=0).sum())
+    out = []
+
+    def add(cond_id, perturbation, param, metric, row):
+        out.append({"run_id": run_id, "model": model_name, "condition": cond_id, "perturbation": perturbation,
+                    "param": param, "level": math.nan, "metric": metric, "value": row["value"],
+                    "ci_low": row.get("ci_low", math.nan), "ci_high": row.get("ci_high", math.nan),
+                    "n_clips": res["n_clips"], "n_classes": n_classes, "suspect": False})
+
+    for metric, row in res["metrics"].items():
+        add(sid, SUITE_PERTURBATION, "", metric, row)
+    for corruption, rows in res["by_corruption"].items():
+        for metric, row in rows.items():
+            add(f"{sid}/{corruption}", corruption, "", metric, row)
+    return out
