@@ -233,7 +233,8 @@ def verify_stored_units(run_dir: Path, config_hash: Optional[str], models: Seque
     """
     import re
 
-    from audiobench.results.schema import bad_input_key, embedding_key, energy_key, geometry_key, logits_key
+    from audiobench.results.schema import (bad_input_key, embedding_key, energy_key, geometry_key, logits_key,
+                                           measured_key)
 
     run_dir = Path(run_dir)
     problems: List[str] = []
@@ -272,6 +273,8 @@ def verify_stored_units(run_dir: Path, config_hash: Optional[str], models: Seque
                 pairs += [(k, u[k], geometry[:, j]) for j, k in enumerate(("snr_db", "linf", "l2"))]
                 if "pc_min_eps" in u:
                     pairs.append(("min_eps", u["pc_min_eps"], geometry[:, 3]))
+            pairs += [(k[3:], u[k], scores.get(measured_key(model, cid, k[3:])))
+                      for k in sorted(u) if k.startswith("pc_") and k != "pc_min_eps"]
             if "embedding" in u and embedding_key(model, cid) in scores:
                 pairs.append(("embedding", u["embedding"], scores[embedding_key(model, cid)]))
             if ci == 0:
@@ -307,6 +310,25 @@ def verify_stored_units(run_dir: Path, config_hash: Optional[str], models: Seque
             except ResultsError as exc:
                 problems.append(str(exc))
         checks.append(f"units of {model}: identity and contents of {n_ok} of {len(conditions)} condition(s) match scores.npz")
+    # clips crafted on a transfer source: identity "source:<source>", job c<NNN>
+    n_sources = 0
+    for ci, cond in enumerate(conditions):
+        source = (cond.get("params") or {}).get("source") if cond.get("perturbation") == "transfer" else None
+        if not isinstance(source, str):
+            continue
+        d = source_dir(run_dir, source, ci)
+        if d.is_dir():
+            try:
+                check_identities(d, {"config_hash": config_hash, "model": f"source:{source}", "job": f"c{ci:03d}"})
+                n_sources += 1
+            except ResultsError as exc:
+                problems.append(str(exc))
+    if n_sources:
+        checks.append(f"identity of the clips crafted on {n_sources} transfer source folder(s)")
+    known = {safe_name(m) for m in models} | {"_sources"}
+    for entry in sorted(root.iterdir()):
+        if entry.name not in known:
+            problems.append(f"{entry}: not a unit folder of this run's models")
     return problems, checks
 
 

@@ -10,8 +10,9 @@ Layout of ``results/<run_id>/``::
     scores.npz      clip_ids, targets, and per model: logits__<model>__<condition>,
                     hist__<model>__<condition>, geometry__<model>__<condition> ((N, 4): per-clip
                     snr_db, linf, l2, min_eps: :data:`GEOMETRY_ARRAY`), embedding__<model>__<condition>
-                    (models with an embedding), bad_input__<model>, clean_energy__<model> (sum of
-                    squares of each clean clip as the model saw it); what verify-run checks
+                    (models with an embedding), measured__<model>__<condition>__<name> (what the
+                    perturbation measured per clip), bad_input__<model>, clean_energy__<model> (sum
+                    of squares of each clean clip as the model saw it); what verify-run checks
                     per_clip.csv, the perturbation budgets and the latent metrics against
     perturbation_spectrum.csv   each attack's footprint: energy of delta per mel band and 1 s
                     segment relative to the clean audio's (runs with attacks only)
@@ -86,6 +87,11 @@ def bad_input_key(model: str) -> str:
 
 def energy_key(model: str) -> str:
     return f"clean_energy__{model}"
+
+
+def measured_key(model: str, condition: str, name: str) -> str:
+    """What a perturbation measured per clip (a per_clip.csv column such as ``rt60_s``)."""
+    return f"measured__{model}__{condition}__{name}"
 
 
 # --- run.json -----------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from audiobench.metrics.condition import (
     min_eps_summary,
     sigmoid,
 )
-from audiobench.results.schema import bad_input_key, embedding_key, energy_key, geometry_key, hist_key, logits_key
+from audiobench.results.schema import (bad_input_key, embedding_key, energy_key, geometry_key, hist_key, logits_key,
+                                       measured_key)
 
 
 def model_tables(run_id: str, model_name: str, conditions: List[Dict[str, Any]], logits_by_cond: Dict[str, np.ndarray],
@@ -83,6 +84,7 @@ def model_tables(run_id: str, model_name: str, conditions: List[Dict[str, Any]],
             values = np.asarray(values, dtype=np.float64).reshape(-1)
             if len(values) == n_clips:
                 pc[name] = values
+                arrays[measured_key(model_name, cid, name)] = values
         clip_frames.append(pc)
         cls = [("AP", res["ap"]), ("AUC", res["auc"]), ("delta_AP", res["ap"] - clean_ap)]
         emb = (embeddings_by_cond or {}).get(cid)

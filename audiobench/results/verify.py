@@ -66,6 +66,7 @@ from audiobench.results.schema import (
     energy_key,
     geometry_key,
     logits_key,
+    measured_key,
     read_run_info,
     read_scores,
     read_table,
@@ -440,6 +441,11 @@ def _budget(cond: Dict[str, Any]) -> Optional[Tuple[str, float]]:
     """(norm, eps) every clip of ``cond`` must stay within, or None (no budget, or a chain whose
     geometry includes its base's change)."""
     params = cond.get("params") or {}
+    if cond["perturbation"] == "transfer":  # clips crafted on the source with the attack's budget
+        attack = params.get("attack") if isinstance(params.get("attack"), dict) else {}
+        if attack.get("perturbation") not in ("pgd", "fgsm", "apgd"):
+            return None
+        params = {"domain": "waveform", "eps": attack.get("eps"), "norm": attack.get("norm", "linf")}
     if cond["perturbation"] == "chain" or params.get("domain", "waveform") != "waveform":
         return None
     if cond["perturbation"] == "min-eps":
@@ -505,7 +511,7 @@ def verify_run_dir(run_dir: Path, *, data_root: Optional[str] = None, skip_data:
     the folder is unusable (no run.json, unreadable tables, arrays of the wrong shape)."""
     import pandas as pd
 
-    from audiobench.results.tables import model_tables
+    from audiobench.results.tables import model_tables, suite_rows, summary_conditions
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -533,6 +539,9 @@ def verify_run_dir(run_dir: Path, *, data_root: Optional[str] = None, skip_data:
     names = info.class_names or [f"class {i}" for i in range(targets.shape[1])]
     num_samples = info.data.get("num_samples") if isinstance(info.data.get("num_samples"), int) else None
     cpu_run = str(info.raw.get("device", "cpu")).startswith("cpu")
+    rows_by_model: Dict[str, List[dict]] = {}
+    logits_of: Dict[str, Dict[str, np.ndarray]] = {}
+    valid_of: Dict[str, np.ndarray] = {}
     for model_name in models:
         record = info.models.get(model_name)
         if not isinstance(record, dict):
@@ -567,6 +576,9 @@ def verify_run_dir(run_dir: Path, *, data_root: Optional[str] = None, skip_data:
             if geometry_key(model_name, cid) in arrays:
                 min_eps = extras[cid]["min_eps"]
                 extras[cid]["min_eps"] = None if np.isnan(min_eps).all() else min_eps
+            prefix = measured_key(model_name, cid, "")
+            extras[cid]["measured"] = {k[len(prefix):]: np.asarray(a, dtype=np.float64) for k, a in arrays.items()
+                                       if k.startswith(prefix) and a.shape == (n,)}
             emb = arrays.get(embedding_key(model_name, cid))
             if emb is not None:
                 embeddings[cid] = np.asarray(emb, dtype=np.float32)
@@ -608,11 +620,28 @@ def verify_run_dir(run_dir: Path, *, data_root: Optional[str] = None, skip_data:
             {c["id"]: info.suspect(model_name, c["id"]) for c in conditions}, n_boot=info.bootstrap, seed=info.seed,
             names=names, embeddings_by_cond=embeddings or None, head_fn=head, clean_energy=energy,
         )
-        _compare_metrics(v, metrics, model_name, m_rows, rtol)
+        rows_by_model[model_name] = m_rows
+        logits_of[model_name], valid_of[model_name] = logits, ~np.asarray(bad, dtype=bool)
         _compare_per_clip(v, per_clip, model_name, pd.concat(c_frames, ignore_index=True), rtol)
         step = 0.0 if cpu_run else _convexity_step()
         _compare_per_class(v, per_class, model_name, pd.concat(k_frames, ignore_index=True), rtol, step,
                            bool(embeddings), head is not None, why_not)
+    # the corruption-suite summaries, as the aggregator computes them (one model may be the reference)
+    summaries = summary_conditions(conditions, info.config.get("suite"))
+    if info.raw.get("summaries") is not None and info.raw["summaries"] != summaries:
+        v.problems.append("run.json's summaries are not those of its conditions (edited by hand?)")
+    if summaries and len(rows_by_model) == len(models):
+        ref_name = info.config.get("reference_model") or (models[0] if len(models) > 1 else None)
+        if ref_name is not None and ref_name not in logits_of:
+            v.problems.append(f"run.json names reference model {str(ref_name)[:80]}, which is not one of its models")
+            ref_name = None
+        for model_name in models:
+            valid = valid_of[model_name] & (valid_of[ref_name] if ref_name is not None else True)
+            rows_by_model[model_name] = rows_by_model[model_name] + suite_rows(
+                info.run_id, model_name, conditions, logits_of[model_name], targets, valid, suite=info.config.get("suite"),
+                n_boot=info.bootstrap, seed=info.seed, reference=logits_of.get(ref_name) if ref_name is not None else None)
+    for model_name, m_rows in rows_by_model.items():
+        _compare_metrics(v, metrics, model_name, m_rows, rtol)
     return v
 
 
@@ -649,6 +678,10 @@ def _compare_per_clip(v: Verification, per_clip, model_name: str, rc, rtol: floa
     if len(rc) != len(sc):
         v.problems.append(f"per_clip.csv has {len(sc)} rows for {model_name}, expected {len(rc)}")
         return
+    unchecked = sorted(set(sc.columns) - set(rc.columns))
+    if unchecked:  # what a perturbation measured, in a folder whose scores.npz does not hold it
+        v.unchecked.append(f"per_clip.csv column(s) {', '.join(unchecked)} of {model_name} not re-checked "
+                           f"(scores.npz does not hold them)")
     for col in rc.columns:
         if col in ("run_id", "model", "perturbation", "param", "level"):
             continue
