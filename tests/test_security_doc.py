@@ -101,3 +101,19 @@ def test_the_checker_catches_a_missing_citation(monkeypatch):
         assert "no-such-case" in str(exc) and "tests/test_nothing.py::test_x" in str(exc)
     else:
         raise AssertionError("a missing citation was not caught")
+
+
+def test_the_numbers_on_the_page_are_the_code_s():
+    from audiobench.commands.verify_run import EXIT_UNVERIFIED
+    from audiobench.data.verify import MAX_VERIFY_BYTES
+    from audiobench.engine.rundir import RUN_ID_MAX
+    from audiobench.resample import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+    from audiobench.results.verify import MAX_FOLDER_FILES
+    from audiobench.sweep import MAX_CELLS
+
+    assert f"whole numbers of Hz in {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}" in PAGE
+    assert f"at most {RUN_ID_MAX} characters" in PAGE
+    assert f"raises the {MAX_CELLS:,} limit" in PAGE
+    assert f"at most\n  {MAX_VERIFY_BYTES >> 30} GiB each" in PAGE
+    assert f"at most {MAX_FOLDER_FILES:,} regular files" in PAGE
+    assert f"**{EXIT_UNVERIFIED} unverified**" in PAGE

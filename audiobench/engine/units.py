@@ -20,7 +20,7 @@ import json
 import numpy as np
 
 from audiobench.errors import ResultsError
-from audiobench.results.schema import UNITS_DIR, safe_name
+from audiobench.results.schema import UNITS_DIR, open_npz, safe_name
 
 # per-batch trace arrays: summed (not concatenated) when units are merged
 _SUMMED_PER_STEP = ("trace_loss_sum", "trace_n_per_step", "trace_best_loss_sum")
@@ -136,7 +136,7 @@ def check_identities(udir: Path, identity: Dict[str, object]) -> None:
         if not path.is_file():
             raise ResultsError(f"{path}: stored unit is not a regular file (remove it and resume)")
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with open_npz(path) as z:
                 stored = z[IDENTITY_KEY] if IDENTITY_KEY in z.files else None
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
             raise ResultsError(f"{path}: stored unit is damaged ({type(exc).__name__}); remove it and resume") from None
@@ -172,7 +172,7 @@ def read_unit(path: Path, identity: Optional[Dict[str, object]] = None, *, per_c
     if not path.is_file():
         raise ResultsError(f"{path}: stored unit is not a regular file (remove it and resume)")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open_npz(path) as z:
             arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise ResultsError(f"{path}: stored unit is damaged ({type(exc).__name__}); remove it and resume") from None

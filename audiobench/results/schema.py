@@ -27,6 +27,7 @@ naming the file and the problem.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -277,16 +278,29 @@ def read_table(path: Path, required: Sequence[str]):
     return df
 
 
+@contextlib.contextmanager
+def open_npz(path: Path):
+    """An ``.npz`` archive opened for reading, never unpickling (``allow_pickle=False``). A file that
+    is not a zip archive (a bare ``.npy``, text) raises ValueError, and the file is closed on
+    every path (numpy leaves its own file object open when the zip is unreadable)."""
+    import numpy as np
+
+    with open(path, "rb") as f:
+        if f.read(2) != b"PK":
+            raise ValueError("not an .npz archive")
+        f.seek(0)
+        with np.load(f, allow_pickle=False) as npz:
+            yield npz
+
+
 def read_scores(path: Path) -> Dict[str, Any]:
     """scores.npz as a dict of arrays (never unpickled)."""
     import zipfile
 
-    import numpy as np
-
     if not path.is_file():
         raise ResultsError(f"{path}: file is missing")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with open_npz(path) as npz:
             return {k: npz[k] for k in npz.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise ResultsError(f"{path}: cannot be read as .npz ({type(exc).__name__}: {_first_line(exc)})") from None
