@@ -1,4 +1,4 @@
-"""The table of hostile and broken inputs: one source for the tests and the README.
+"""The table of hostile and broken inputs: one source for the tests and docs/bad-input.md.
 
 Each :class:`Case` builds its bad input inside a :class:`Workspace` (a folder holding a good tiny
 shard, a good toy-cnn checkpoint and an earlier, complete run folder in ``results/``) and returns
@@ -6,7 +6,7 @@ the command line that feeds it to audiobench, with the words its one-line error 
 ``tests/test_hostile_inputs.py`` runs every case and checks the common contract (exit code != 0,
 exactly one stderr line naming the file or value and the problem, no traceback, no run folder
 marked complete, earlier results byte-for-byte untouched); ``scripts/gen_bad_input_table.py``
-turns the same table into the README section "what audiobench does with bad input".
+turns the same table into the tables of docs/bad-input.md.
 
 Every command runs with the workspace as the current folder and relative paths, so the earlier
 run's resolved config (and its config hash) is the same in every copy of the workspace.
@@ -183,8 +183,8 @@ class Invocation:
 class Case:
     id: str
     area: str  # data, pack, manifest, weights, options, output, results
-    bad_input: str  # README: what the user gave
-    response: str  # README: what audiobench does
+    bad_input: str  # docs/bad-input.md: what the user gave
+    response: str  # docs/bad-input.md: what audiobench does
     build: Callable[[Workspace], Invocation]
     subprocess: bool = False  # run through `python -m audiobench` (real stderr) instead of CliRunner
     needs_non_root: bool = False

@@ -55,6 +55,7 @@ def parse_checkpoints(value: str | None, models: list[str]) -> dict:
 @click.option("--restarts", type=int, default=None, help="Attack random restarts (per-clip worst case kept).")
 @click.option("--eps-max", type=float, default=None, help="min-eps: upper end of the bisection.")
 @click.option("--epochs", type=int, default=None, help="universal: passes over the data to learn the perturbation.")
+@click.option("--gain", default=None, help="Level change(s) in dB for the gain perturbation, comma list.")
 @click.option("--severity", default=None, help="Corruption severity level(s) 1-5, comma list (corruptions, --suite).")
 @click.option("--suite", default=None, help="Run a named suite of conditions, e.g. audioset-c (audiobench list suites).")
 @click.option("--noise-bank", type=click.Path(file_okay=False), default=None,
@@ -93,7 +94,7 @@ def parse_checkpoints(value: str | None, models: list[str]) -> dict:
 def run(models, noises, eps, snr, sigma, pattern, period, span, fraction, band, fill, fill_level, norm, steps, step_size,
         restarts, eps_max, epochs, on, data, data_root, checkpoint, device, batch_size, limit, seed, precision, bootstrap, out,
         run_id, resume, save_audio, on_bad_clip, no_trust_checks, random_weights, quiet, label_map, severity, suite,
-        noise_bank, rir_bank, reference_model, attack_band, attack_span, attack_mask, transfer_from):
+        noise_bank, rir_bank, reference_model, attack_band, attack_span, attack_mask, transfer_from, gain):
     """Run models over a dataset, clean and under each perturbation at each level.
 
     \b
@@ -115,7 +116,7 @@ def run(models, noises, eps, snr, sigma, pattern, period, span, fraction, band, 
     options = dict(eps=eps, snr=snr, sigma=sigma, pattern=pattern, period=period, span=span, fraction=fraction, band=band,
                    fill=fill, fill_level=fill_level, norm=norm, steps=steps, step_size=step_size, restarts=restarts,
                    eps_max=eps_max, epochs=epochs, on=on, severity=severity, noise_bank=noise_bank, rir_bank=rir_bank,
-                   attack_band=attack_band, attack_span=attack_span, attack_mask=attack_mask)
+                   attack_band=attack_band, attack_span=attack_span, attack_mask=attack_mask, gain=gain)
     argv = list(sys.argv[1:])
     if resume and not run_id:
         run_id = _latest_incomplete_run(Path(out))

@@ -16,5 +16,6 @@ def register_perturbation(cls):
 
 import importlib as _importlib
 
-for _mod in ("none", "noise", "occlusion", "attacks", "feature", "universal", "min_eps", "chain", "corruptions", "transfer"):
+for _mod in ("none", "noise", "occlusion", "attacks", "feature", "universal", "min_eps", "chain", "corruptions", "transfer",
+             "gain"):
     _importlib.import_module(f"audiobench.perturb.{_mod}")

@@ -23,7 +23,7 @@ MAX_CELLS = 10_000  # conditions one grid may expand to, unless the caller allow
 # CLI option -> perturbation dataclass field. Level options take comma-separated lists.
 LEVEL_OPTIONS = {
     "eps": "eps", "snr": "snr_db", "sigma": "sigma", "period": "period_s", "span": "span_s",
-    "fraction": "fraction", "band": "band_hz", "severity": "severity",
+    "fraction": "fraction", "band": "band_hz", "severity": "severity", "gain": "gain_db",
 }
 SCALAR_OPTIONS = {
     "pattern": "pattern", "norm": "norm", "steps": "steps", "step_size": "step_size", "restarts": "restarts",
