@@ -165,7 +165,7 @@ def _verify_checkpoint_root(ws: Workspace) -> Invocation:
     meta["models"][MODEL]["provenance"]["checkpoint"] = "/"
     (run / "run.json").write_text(json.dumps(meta))
     return Invocation(["verify-run", str(run.relative_to(ws.root)), "--skip-data"],
-                      ["verification failed", "checkpoint / is", "not hashed"])
+                      ["verification failed", "checkpoint / is a file-system root", "not hashed"])
 
 
 def _verify_per_clip_column(ws: Workspace) -> Invocation:
@@ -271,4 +271,15 @@ CASES: List[Case] = [
          "`verify-run` fails: the unit's identity names another run", _verify_unit_other_run),
     Case("verify-scores-shape", "results", "scores.npz logits with 3 columns", "`verify-run` refuses, array and shape named",
          _verify_scores_shape),
+]
+
+# Behaviours on such input that end in a successful run or leave a run as it was (same shape as
+# hostile_cases.ACCEPTED; tested in tests/test_results_hardening.py)
+ACCEPTED_ROWS: List[tuple] = [
+    ("a lock file holding a pid of 2^40, `[1]` or `abc`", "not a valid owner: taken over as stale, the run resumes"),
+    ("`--save-audio` on a 400-character clip id", "the WAV gets a shortened, stable name carrying the id's hash"),
+    ("a recompute of a complete run that fails (disk full, SIGKILL)", "one line (disk full); `run.json` stays "
+     "`complete: true` and every earlier file byte-for-byte as it was"),
+    ("`verify-run` on a folder whose data or model is not on this machine", "exit 3, unverified, one line naming "
+     "what cannot be found (`--skip-data`, `--skip-models`, `--skip-latent` accept it)"),
 ]

@@ -213,7 +213,7 @@ def test_a_checkpoint_naming_the_root_folder_is_not_walked(run):
     assert time.perf_counter() - t0 < 20
     assert res.exit_code == 1 and "Traceback" not in res.output
     (line,) = _stderr_lines(res)
-    assert "checkpoint / is" in line and "not hashed" in line
+    assert "checkpoint / is a file-system root" in line and "not hashed" in line
 
 
 def test_a_per_clip_table_lacking_a_column_is_one_line(run):
@@ -328,3 +328,24 @@ def test_only_registered_plugin_and_hf_models_are_rebuilt():
     assert _not_reloadable("hf:some/folder") == ""
     for source in ("os:system", "subprocess:run", "builtins:exec"):  # a received run.json choosing what to call
         assert "does not import a module:factory" in _not_reloadable(source)
+
+
+def test_recorded_model_folders_are_hashed_only_when_bounded(tmp_path, monkeypatch):
+    import audiobench.results.verify as V
+
+    folder = tmp_path / "hf"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "sub/x.txt"):
+        (folder / name).write_text("{}")
+    assert V._bounded(folder, folder_ok=True, limit=1 << 20) is None
+    assert "not a regular file" in V._bounded(folder, folder_ok=False, limit=1 << 20)
+    assert "more than 5 bytes" in V._bounded(folder, folder_ok=True, limit=5)
+    monkeypatch.setattr(V, "MAX_FOLDER_FILES", 3)
+    assert "more than 3 entries" in V._bounded(folder, folder_ok=True, limit=1 << 20)
+    monkeypatch.setattr(V, "MAX_FOLDER_FILES", 10_000)
+    os.symlink(tmp_path, folder / "loop")  # a linked folder (here: a loop) is never followed
+    assert "linked folder" in V._bounded(folder, folder_ok=True, limit=1 << 20)
+    (folder / "loop").unlink()
+    os.mkfifo(folder / "pipe")  # reading it would block forever
+    assert "pipe, which is not a regular file" in V._bounded(folder, folder_ok=True, limit=1 << 20)
+    assert "file-system root" in V._bounded(Path("/"), folder_ok=True, limit=1 << 20)

@@ -266,6 +266,8 @@ def _bounded(path: Path, *, folder_ok: bool, limit: int) -> Optional[str]:
         return None if st.st_size <= limit else f"is {st.st_size} bytes, over the {limit}-byte limit for re-hashing"
     if not stat.S_ISDIR(st.st_mode) or not folder_ok:
         return "is not a regular file; not hashed"
+    if os.path.ismount(path):
+        return "is a file-system root or mount point, not a model folder; not hashed"
     count, total = 0, 0
     for top, dirs, files in os.walk(path, followlinks=False):
         for d in dirs:
