@@ -19,7 +19,20 @@ class ModelEntry:
     factory: Callable[..., AudioTagger]
 
 
-MODELS: Registry[ModelEntry] = Registry("model")
+class ModelRegistry(Registry[ModelEntry]):
+    """The model registry; ``get("NAME@VARIANT")`` also resolves quantized variants
+    (:mod:`audiobench.models.quantize`): the base's entry with the variant's spec (the factory
+    builds the float base; ``load_model`` applies the variant after loading its weights)."""
+
+    def get(self, name: str) -> ModelEntry:
+        from audiobench.models.quantize import parse_variant, variant_spec
+
+        base, variant = parse_variant(name)
+        entry = super().get(base)
+        return entry if variant is None else ModelEntry(variant_spec(entry.spec, variant), entry.factory)
+
+
+MODELS = ModelRegistry("model")
 
 
 def register_model(spec: ModelSpec, factory: Callable[..., AudioTagger]) -> None:

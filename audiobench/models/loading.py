@@ -30,7 +30,9 @@ def load_model(
     """Build registered model ``name`` with its weights, in eval mode, frozen, on ``device``.
 
     Args:
-        name: a registered model (``audiobench list models``).
+        name: a registered model (``audiobench list models``), optionally with a quantized variant,
+            ``NAME@VARIANT`` (``toy-cnn@int8``; :mod:`audiobench.models.quantize`): the base is
+            loaded as below, then the variant is applied.
         checkpoint: a checkpoint file (``.pt``/``.pth``/``.ckpt``/``.safetensors``) or, for models
             whose wrapper accepts one (``accepts_checkpoint_dir``), a Hugging Face folder. It need
             not match the spec's sha256; its own sha256 is recorded.
@@ -45,7 +47,14 @@ def load_model(
     """
     from audiobench.models import MODELS
     from audiobench.models.checkpoints import read_checkpoint
+    from audiobench.models.quantize import apply_variant, parse_variant
     from audiobench.models.weights import checkpoint_sha256, resolve_weights
+
+    base_name, variant = parse_variant(name)
+    if variant is not None:
+        base = load_model(base_name, checkpoint=checkpoint, device=device, sample_rate=sample_rate,
+                          weights=weights, download=download)
+        return apply_variant(base, variant, inplace=True)
 
     if weights not in WEIGHT_CHOICES:
         raise ConfigError(f"weights={weights!r} is not one of {', '.join(WEIGHT_CHOICES)}")
