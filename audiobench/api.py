@@ -108,6 +108,24 @@ def _model_sources(model: Union[ModelLike, Sequence[ModelLike]]) -> tuple:
     return names, objects, identity
 
 
+def parse_checkpoint_option(value, models: list) -> dict:
+    """``--checkpoint PATH`` (one model) or ``NAME=PATH[,NAME=PATH...]`` -> {model: path}."""
+    if not value:
+        return {}
+    out = {}
+    for part in [v.strip() for v in str(value).split(",") if v.strip()]:
+        if "=" in part:
+            name, path = part.split("=", 1)
+            if name not in models:
+                raise ConfigError(f"--checkpoint {part}: model {name!r} is not in --model")
+            out[name] = path
+        elif len(models) == 1:
+            out[models[0]] = part
+        else:
+            raise ConfigError("--checkpoint with several models must be NAME=PATH[,NAME=PATH...]")
+    return out
+
+
 def build_run_config(model, perturbations=(), *, data=None, limit=None, seed=0, device="auto", out="results",
                      checkpoint=None, data_root=None, run_id=None, resume=False, batch_size=16, precision="fp32",
                      bootstrap=1000, save_audio=0, trust_checks=True, on_bad_clip="fail", weights="default",

@@ -142,6 +142,7 @@ def _add_subcommands():
         ("audiobench.commands.verify_run", "verify_run"),
         ("audiobench.commands.train_toy", "train_toy"),
         ("audiobench.commands.sweep", "sweep"),
+        ("audiobench.commands.sharpness", "sharpness"),
     ):
         cli.add_command(getattr(importlib.import_module(mod_name), attr))
 

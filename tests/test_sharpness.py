@@ -143,12 +143,9 @@ def test_int8_variant_is_refused(toy_batches):
 
 # -- the command ------------------------------------------------------------------------------------
 def _cli():
-    from audiobench.cli import AudiobenchGroup
-    from audiobench.commands.sharpness import sharpness
+    from audiobench.cli import cli
 
-    group = AudiobenchGroup(name="audiobench")
-    group.add_command(sharpness)
-    return group
+    return cli
 
 
 @pytest.mark.slow
@@ -169,7 +166,7 @@ def test_command_writes_its_table_and_run_json(tmp_path):
     assert meta["seed"] == 0 and meta["versions"]["torch"] and meta["config"]["settings"]["rhos"] == [0.01, 0.05]
     assert "average_sharpness" in meta["definitions"]
     again = CliRunner().invoke(_cli(), args)
-    assert again.exit_code == 1 and "already holds a run" in again.output
+    assert again.exit_code == 1 and "already exists; choose another --run-id" in again.output
 
 
 @pytest.mark.parametrize("extra, match", [

@@ -14,26 +14,6 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
-def parse_checkpoints(value: str | None, models: list[str]) -> dict:
-    """--checkpoint PATH (one model) or NAME=PATH[,NAME=PATH...] -> {model: path}."""
-    from audiobench.errors import ConfigError
-
-    if not value:
-        return {}
-    out = {}
-    for part in _split(value):
-        if "=" in part:
-            name, path = part.split("=", 1)
-            if name not in models:
-                raise ConfigError(f"--checkpoint {part}: model {name!r} is not in --model")
-            out[name] = path
-        elif len(models) == 1:
-            out[models[0]] = part
-        else:
-            raise ConfigError("--checkpoint with several models must be NAME=PATH[,NAME=PATH...]")
-    return out
-
-
 @click.command("run")
 @click.option("--model", "models", default=DEFAULT_MODELS,
               help="Model(s), comma-separated: registered or plugin names (audiobench list models), module:factory, "
@@ -106,7 +86,7 @@ def run(models, noises, eps, snr, sigma, pattern, period, span, fraction, band, 
       audiobench run --model efficientat-mn04 --noise gaussian,pgd --snr 30,20,10 --eps 0.001,0.002
       audiobench run --noise occlusion --pattern alternate --period 1,0.5,0.25
     """
-    from audiobench.api import build_run_config, run_config
+    from audiobench.api import build_run_config, parse_checkpoint_option, run_config
     from audiobench.engine import StopRequested
     from audiobench.engine.distributed import DistributedError
     from audiobench.perturb.spec import build_conditions
@@ -127,7 +107,7 @@ def run(models, noises, eps, snr, sigma, pattern, period, span, fraction, band, 
     config = build_run_config(
         model_list, conditions, data=data, data_root=data_root, reference_model=reference_model, suite=suite,
         transfer_from=transfer_from,
-        checkpoint=parse_checkpoints(checkpoint, model_list), device=device, batch_size=batch_size, limit=limit,
+        checkpoint=parse_checkpoint_option(checkpoint, model_list), device=device, batch_size=batch_size, limit=limit,
         seed=seed, out=out, run_id=run_id, resume=resume, precision=precision, bootstrap=bootstrap,
         save_audio=save_audio, weights="random" if random_weights else "default", trust_checks=not no_trust_checks,
         on_bad_clip=on_bad_clip, label_map=label_map,

@@ -233,6 +233,7 @@ class Runner:
                 "checkpoint_sha256": getattr(model, "checkpoint_sha256", None),
                 "provenance": provenance,
                 "probe": probe,
+                "variant": getattr(model, "variant_info", None),  # quantization recipe and weight bytes
             }
             if len({m["checkpoint_sha256"] for m in self.dist.all_gather(self.meta[where][model_name])}) > 1:
                 raise ConfigError(f"model {model_name}: the ranks of this job loaded different checkpoints")

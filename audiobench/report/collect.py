@@ -23,10 +23,12 @@ from audiobench.results.schema import (  # noqa: F401  (re-exported for the repo
     METRICS_COLUMNS,
     METRICS_CSV,
     RUN_JSON,
+    SHARPNESS_KIND,
     RunResult,
     check_metrics_match_run,
     load_run,
     read_run_info,
+    read_sharpness,
     safe_name,
 )
 
@@ -85,12 +87,23 @@ def _short(v) -> str:
     return s[:12] + "…" if len(s) > 13 else s
 
 
+class RunSet(list):
+    """The runs to report (a list of :class:`RunResult`), plus ``sharpness``: the sharpness runs
+    found beside them, as (run folder, run.json, sharpness.csv DataFrame)."""
+
+    sharpness: list
+
+    def __init__(self, runs=(), sharpness=()):
+        super().__init__(runs)
+        self.sharpness = list(sharpness)
+
+
 def collect_runs(
     paths: Iterable[Path | str] = ("results",),
     *,
     include_incomplete: bool = False,
     allow_mixed: bool = False,
-) -> list[RunResult]:
+) -> RunSet:
     """Load every run folder under ``paths`` that can be reported together.
 
     Incomplete runs (``complete: false``) are skipped with a :class:`UserWarning` unless
@@ -102,8 +115,13 @@ def collect_runs(
     runs: list[RunResult] = []
     skipped = 0
     by_id: dict[str, Path] = {}
+    sharpness = []
     for folder in folders:
         info = read_run_info(folder)
+        if info.raw.get("kind") == SHARPNESS_KIND:  # a sharpness table, not robustness rows
+            if info.complete:
+                sharpness.append((folder, info.raw, read_sharpness(folder)))
+            continue
         # An unfinished run (interrupted, or failed before its tables) is skipped with a warning
         # before its tables are read: it may have none yet.
         no_tables = not (folder / METRICS_CSV).is_file()
@@ -117,6 +135,8 @@ def collect_runs(
             raise ResultsError(f"run id {run.run_id} appears in two folders: {by_id[run.run_id]} and {folder}")
         by_id[run.run_id] = folder
         runs.append(run)
+    if not runs and sharpness:
+        return RunSet([], sharpness)
     if not runs:
         where = ", ".join(str(p) for p in paths)
         raise ResultsError(
@@ -124,4 +144,4 @@ def collect_runs(
         )
     if not allow_mixed:
         check_same_data(runs)
-    return runs
+    return RunSet(runs, sharpness)

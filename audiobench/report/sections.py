@@ -150,8 +150,46 @@ def transfer_plots(view: ReportView) -> List[Plot]:
                   fig) for attack, fig in plot_transfer_matrices(rows)]
 
 
+def _sharpness_frame(view: ReportView):
+    import pandas as pd
+
+    frames = [df for _, _, df in view.sharpness if df is not None and len(df)]
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
 def sharpness_plots(view: ReportView) -> List[Plot]:
-    return []
+    """Sharpness against rho, and against robustness where the report holds robustness runs of
+    the same models (the plots themselves: :mod:`audiobench.report.sharpness`)."""
+    from audiobench.report.sharpness import sharpness_curves, sharpness_vs_robustness
+
+    sharp = _sharpness_frame(view)
+    if sharp is None:
+        return []
+    plots = list(sharpness_curves(sharp))
+    metrics = _metrics(view) if view.entries else None
+    if metrics is not None and len(metrics):
+        plots += list(sharpness_vs_robustness(sharp, metrics))
+    return plots
+
+
+def sharpness_text_table(view: ReportView):
+    """(header, rows) of the sharpness table (with each model's robustness where present)."""
+    from audiobench.report.sharpness import sharpness_table
+
+    sharp = _sharpness_frame(view)
+    if sharp is None:
+        return None
+    metrics = _metrics(view) if view.entries else None
+    table = sharpness_table(sharp, metrics if metrics is not None and len(metrics) else None)
+    header = [str(c) for c in table.columns]
+    rows = [[_cell(v) for v in r] for r in table.itertuples(index=False)]
+    return header, rows
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return "-" if not math.isfinite(v) else f"{v:.4g}"
+    return str(v)
 
 
 def sections_present(plots: Sequence[Plot]) -> List[tuple]:
@@ -175,6 +213,9 @@ def text_tables(view: ReportView) -> List[tuple]:
                     "reference model)", header, rows))
     for attack, header, rows in transfer_text_tables(view):
         out.append((f"Transfer matrix, target mAP: {attack} (rows: crafted on; columns: scored)", header, rows))
+    sharp = sharpness_text_table(view)
+    if sharp is not None:
+        out.append(("Sharpness (loss increase in weight space; docs/quantization-and-sharpness.md)", *sharp))
     return out
 
 

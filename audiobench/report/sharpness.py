@@ -26,7 +26,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from audiobench.report.plots import Plot, _colors, _new_figure, _png
+from audiobench.report.plots import Plot, _colors, _new_figure, _plot
 
 CORRUPTIONS = ("pink-noise", "brown-noise", "background", "reverb", "lowpass", "highpass", "clipping", "bitcrush",
                "mp3", "resample", "pitch-shift", "speed")
@@ -175,7 +175,7 @@ def sharpness_vs_robustness(sharpness, metrics, *, rho: Optional[float] = None, 
     fig.suptitle(title, fontsize=9)
     caption = ("One point per model. x: loss sharpness in weight space (nats; Hessian: nats/weight^2); "
                f"y: clean {metric} minus {metric} under the PGD condition or the mean over the corruption suite.")
-    return [Plot("sharpness", "sharpness-vs-robustness", title, caption, _png(fig))]
+    return [_plot("sharpness", "sharpness-vs-robustness", title, caption, fig)]
 
 
 def sharpness_curves(sharpness) -> List[Plot]:
@@ -209,4 +209,4 @@ def sharpness_curves(sharpness) -> List[Plot]:
     title = "Loss sharpness in weight space against rho"
     caption = ("Loss increase when every weight moves by a fraction rho of its magnitude: Gaussian (average, band = "
                "95% t-interval over draws) or by signed ascent (worst case, a lower bound on the maximum).")
-    return [Plot("sharpness", "sharpness-curves", title, caption, _png(fig))]
+    return [_plot("sharpness", "sharpness-curves", title, caption, fig)]

@@ -96,6 +96,8 @@ class ReportView:
 
     def __init__(self, runs: Sequence[RunResult]):
         self.runs = list(runs)
+        # sharpness runs collected beside them (report/collect.py: RunSet), shown in their section
+        self.sharpness = list(getattr(runs, "sharpness", []))
         multi_run_models = _models_in_several_runs(self.runs)
         self.entries: list[Entry] = []
         for run in self.runs:

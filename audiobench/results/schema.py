@@ -19,6 +19,9 @@ Layout of ``results/<run_id>/``::
     units/          the engine's finished (model, condition, clip range) units (resume)
     audio/          optional listening examples: :func:`audio_path`
 
+A sharpness run (``audiobench sharpness``; run.json ``"kind": "sharpness"``) holds run.json and
+sharpness.csv instead of the tables above.
+
 The engine writes through :func:`write_run_info` and :func:`write_tables`; ``report``,
 ``verify-run`` and the end-of-run summary read through :func:`read_run_info` and
 :func:`load_run`. Every reader error is one line (:class:`~audiobench.errors.ResultsError`)
@@ -45,6 +48,8 @@ PER_CLIP_CSV = "per_clip.csv"
 PER_CLASS_CSV = "per_class.csv"
 SCORES_NPZ = "scores.npz"
 PERTURBATION_SPECTRUM_CSV = "perturbation_spectrum.csv"
+SHARPNESS_CSV = "sharpness.csv"  # the table of a sharpness run (run.json "kind": "sharpness")
+SHARPNESS_KIND = "sharpness"
 UNITS_DIR = "units"
 AUDIO_DIR = "audio"
 LOCK_FILE = "lock"
@@ -499,3 +504,8 @@ def check_metrics_match_run(run: RunResult) -> None:
             raise ResultsError(
                 f"{where}: condition {cond} has perturbation {pert!r} but run.json says {expected!r} {hint}"
             )
+
+
+def read_sharpness(run_dir: Path | str):
+    """sharpness.csv of a sharpness run folder."""
+    return read_table(Path(run_dir) / SHARPNESS_CSV, ("run_id", "model", "measure", "rho", "value"))
