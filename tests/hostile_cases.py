@@ -459,7 +459,7 @@ def _verify_checkpoint_changed(ws: Workspace) -> Invocation:
     sd["classifier.bias"] = sd["classifier.bias"] + 1
     ws.save_ckpt(CKPT, sd)
     return Invocation(["verify-run", str(run.relative_to(ws.root))],
-                      ["verification failed", "checkpoint of toy-cnn", "sha256"])
+                      ["verification failed", "toy-cnn", "checkpoint", "changed", "sha256"])
 
 
 _NAN = "nan"
@@ -570,5 +570,7 @@ from hostile_cases_data import CASES as _DATA_CASES  # noqa: E402
 from hostile_cases_archs import CASES as _ARCHS_CASES  # noqa: E402
 from hostile_cases_metrics import CASES as _METRICS_CASES  # noqa: E402
 from hostile_cases_attacks import CASES as _ATTACKS_CASES  # noqa: E402
+from hostile_cases_results import CASES as _RESULTS_CASES  # noqa: E402
 
 CASES += _DATA_CASES + _ARCHS_CASES + _METRICS_CASES + _ATTACKS_CASES
+CASES += _RESULTS_CASES

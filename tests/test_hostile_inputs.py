@@ -98,10 +98,11 @@ def _complete_runs(root: Path) -> dict:
     found = {}
     for p in root.rglob("run.json"):
         try:
-            if json.loads(p.read_text()).get("complete") is True:
-                found[p.relative_to(root).as_posix()] = p.read_bytes()
+            meta = json.loads(p.read_text())
         except ValueError:
-            pass
+            continue
+        if isinstance(meta, dict) and meta.get("complete") is True:  # a case may write run.json as a list
+            found[p.relative_to(root).as_posix()] = p.read_bytes()
     return found
 
 

@@ -18,7 +18,7 @@ from audiobench.engine.units import load_units, unit_dir
 from audiobench.errors import ResultsError
 from audiobench.metrics.condition import finite_rows, sigmoid
 from audiobench.results.schema import write_tables
-from audiobench.results.tables import model_tables, suite_rows, summary_conditions
+from audiobench.results.tables import head_function, model_tables, suite_rows, summary_conditions
 
 
 def _map(logits: np.ndarray, targets: np.ndarray, keep: np.ndarray) -> float:
@@ -85,7 +85,8 @@ def aggregate_run(run_dir: Path, meta: Dict[str, Any], dataset, n_clips: int, pl
     for model_name in meta["config"]["models"]:
         plan = plans[model_name]
         ident = {"config_hash": meta["config_hash"], "model": model_name}
-        units = {ci: load_units(unit_dir(run_dir, model_name, ci), n_clips, {**ident, "job": f"c{ci:03d}"})
+        units = {ci: load_units(unit_dir(run_dir, model_name, ci), n_clips, {**ident, "job": f"c{ci:03d}"},
+                                n_classes=targets.shape[1])
                  for ci in range(len(conditions))}
         for ci, u in units.items():
             if not np.array_equal(u["clip_ids"], clip_ids):
@@ -108,7 +109,8 @@ def aggregate_run(run_dir: Path, meta: Dict[str, Any], dataset, n_clips: int, pl
         m_rows, c_frames, k_frames, arr = model_tables(
             run_id, model_name, conditions, {cid: u["logits"] for cid, u in by_id.items()}, targets, clip_ids, bad_input,
             extras, {cid: v["suspect"] for cid, v in verdicts.items()}, n_boot=n_boot, seed=seed, names=names,
-            embeddings_by_cond=embs if model is not None else None, head_fn=_head_fn(model) if model is not None else None,
+            embeddings_by_cond=embs if model is not None else None, head_fn=head_function(model) if model is not None else None,
+            clean_energy=units[0].get("clean_energy"),  # units stored by an older audiobench lack it
         )
         metric_rows += m_rows
         logits_of[model_name] = {cid: u["logits"] for cid, u in by_id.items()}
@@ -158,16 +160,3 @@ def footprint_tables(run_dir: Path, meta: Dict[str, Any], dataset, plans: Dict[s
             frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else None
 
-
-def _head_fn(model):
-    import torch
-
-    param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
-
-    @torch.no_grad()
-    def head(z):
-        z = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=device)
-        return model.head(z).float().cpu().numpy()
-
-    return head

@@ -69,6 +69,15 @@ class SignalGuard:
         return False
 
 
+def clean_energy(waveform: torch.Tensor, bad_input: np.ndarray, device: torch.device) -> np.ndarray:
+    """Per clip, the sum of squares of the clean clip the perturbation started from (bad clips are
+    replaced by silence: 0), computed as the realised SNR computes it (float32 sums on the run's
+    device). Stored in every unit and in scores.npz, so verify-run can check each condition's
+    realised SNR against its L2 norm: snr_db = 10·log10(clean_energy / l2²)."""
+    e = waveform.to(device).float().pow(2).sum(dim=-1).cpu().numpy().astype(np.float64)
+    return np.where(np.asarray(bad_input, dtype=bool), 0.0, e)
+
+
 def _rss_peak_bytes() -> int:
     try:
         import resource
@@ -344,6 +353,7 @@ class Runner:
                         batch = next(stream)
                         with self._step_progress(progress, task, label, batch):
                             unit = compute(batch, context)
+                        unit["clean_energy"] = clean_energy(batch.waveform, unit["bad_input"], self.device)
                         result = (batch.start, list(batch.clip_ids), unit, unit.pop("_pert", None))
                     except Exception as exc:
                         if not dist.active:

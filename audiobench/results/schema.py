@@ -7,8 +7,13 @@ Layout of ``results/<run_id>/``::
     metrics.csv     long rows (:data:`METRICS_COLUMNS`), also metrics.parquet
     per_clip.csv    one row per (model, condition, clip)
     per_class.csv   one row per (model, condition, class, metric)
-    scores.npz      clip_ids, targets, logits__<model>__<condition>, hist__<model>__<condition>,
-                    geometry__<model>__<condition> (per-clip snr_db, linf, l2), clean_energy
+    scores.npz      clip_ids, targets, and per model: logits__<model>__<condition>,
+                    hist__<model>__<condition>, geometry__<model>__<condition> ((N, 4): per-clip
+                    snr_db, linf, l2, min_eps: :data:`GEOMETRY_ARRAY`), embedding__<model>__<condition>
+                    (models with an embedding), measured__<model>__<condition>__<name> (what the
+                    perturbation measured per clip), bad_input__<model>, clean_energy__<model> (sum
+                    of squares of each clean clip as the model saw it); what verify-run checks
+                    per_clip.csv, the perturbation budgets and the latent metrics against
     perturbation_spectrum.csv   each attack's footprint: energy of delta per mel band and 1 s
                     segment relative to the clean audio's (runs with attacks only)
     units/          the engine's finished (model, condition, clip range) units (resume)
@@ -25,6 +30,7 @@ naming the file and the problem.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -59,6 +65,8 @@ KEY_COLUMNS = ("run_id", "model", "condition", "perturbation", "param", "level")
 #: per_clip.csv: the key, the clip, the perturbation's geometry (then the per-clip statistics)
 PER_CLIP_REQUIRED = (*KEY_COLUMNS, "clip_id", "min_eps")
 GEOMETRY_COLUMNS = ("snr_db", "linf", "l2")
+#: the columns of a scores.npz geometry array (one row per clip)
+GEOMETRY_ARRAY = (*GEOMETRY_COLUMNS, "min_eps")
 PER_CLASS_COLUMNS = (*KEY_COLUMNS, "class_index", "class_name", "metric", "value")
 _TEXT_COLUMNS = ("run_id", "model", "condition", "perturbation", "param", "clip_id", "class_name", "metric")
 
@@ -75,7 +83,27 @@ def geometry_key(model: str, condition: str) -> str:
     return f"geometry__{model}__{condition}"
 
 
+def embedding_key(model: str, condition: str) -> str:
+    return f"embedding__{model}__{condition}"
+
+
+def bad_input_key(model: str) -> str:
+    return f"bad_input__{model}"
+
+
+def energy_key(model: str) -> str:
+    return f"clean_energy__{model}"
+
+
+def measured_key(model: str, condition: str, name: str) -> str:
+    """What a perturbation measured per clip (a per_clip.csv column such as ``rt60_s``)."""
+    return f"measured__{model}__{condition}__{name}"
+
+
 # --- run.json -----------------------------------------------------------------------------------
+#: keys of run.json's ``config`` that do not change the numbers (added to the result config when
+#: the run is written): the config hash covers every other key
+RUN_ONLY_CONFIG_KEYS = ("device", "batch_size", "out", "save_audio")
 # key -> (expected JSON type(s), human name); checked by RunInfo.from_dict
 _RUN_FIELDS = {
     "run_id": (str, "a string"),
@@ -255,16 +283,29 @@ def read_table(path: Path, required: Sequence[str]):
     return df
 
 
+@contextlib.contextmanager
+def open_npz(path: Path):
+    """An ``.npz`` archive opened for reading, never unpickling (``allow_pickle=False``). A file that
+    is not a zip archive (a bare ``.npy``, text) raises ValueError, and the file is closed on
+    every path (numpy leaves its own file object open when the zip is unreadable)."""
+    import numpy as np
+
+    with open(path, "rb") as f:
+        if f.read(2) != b"PK":
+            raise ValueError("not an .npz archive")
+        f.seek(0)
+        with np.load(f, allow_pickle=False) as npz:
+            yield npz
+
+
 def read_scores(path: Path) -> Dict[str, Any]:
     """scores.npz as a dict of arrays (never unpickled)."""
     import zipfile
 
-    import numpy as np
-
     if not path.is_file():
         raise ResultsError(f"{path}: file is missing")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with open_npz(path) as npz:
             return {k: npz[k] for k in npz.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise ResultsError(f"{path}: cannot be read as .npz ({type(exc).__name__}: {_first_line(exc)})") from None

@@ -16,16 +16,24 @@ from audiobench.metrics.condition import (
     min_eps_summary,
     sigmoid,
 )
-from audiobench.results.schema import hist_key, logits_key
+from audiobench.results.schema import (bad_input_key, embedding_key, energy_key, geometry_key, hist_key, logits_key,
+                                       measured_key)
 
 
 def model_tables(run_id: str, model_name: str, conditions: List[Dict[str, Any]], logits_by_cond: Dict[str, np.ndarray],
                  targets: np.ndarray, clip_ids: np.ndarray, bad_input: np.ndarray, extras_by_cond: Dict[str, Dict[str, np.ndarray]],
                  suspect_by_cond: Dict[str, bool], *, n_boot: int, seed: int, names: List[str],
-                 embeddings_by_cond: Optional[Dict[str, np.ndarray]] = None, head_fn=None):
+                 embeddings_by_cond: Optional[Dict[str, np.ndarray]] = None, head_fn=None,
+                 clean_energy: Optional[np.ndarray] = None):
     """Every table row of one model, from its logits per condition and the per-clip geometry.
 
-    Shared by the aggregator (from units) and ``verify-run`` (from scores.npz + per_clip.csv).
+    Shared by the aggregator (from units) and ``verify-run`` (from scores.npz). Returns
+    (metric rows, per-clip frames, per-class frames, scores.npz arrays). The arrays hold what
+    verify-run needs to recompute or bound every table: the logits, the per-clip geometry
+    (:data:`~audiobench.results.schema.GEOMETRY_ARRAY`), the bad-input mask, the embeddings
+    (when given) and ``clean_energy`` (when given: each clean clip's sum of squares, which ties
+    the realised SNR to the L2 norm). Latent metrics: ``density`` when embeddings are given,
+    ``convexity`` when a ``head_fn`` is given too.
     """
     import pandas as pd
 
@@ -51,7 +59,9 @@ def model_tables(run_id: str, model_name: str, conditions: List[Dict[str, Any]],
         extra = {"snr_db_mean": _finite_mean(np.asarray(ex["snr_db"])[res["use"]]),
                  "bad_input_clips": float((~valid).sum())}
         min_eps = ex.get("min_eps")
-        has_min_eps = min_eps is not None and np.isfinite(np.asarray(min_eps, dtype=np.float64)).any()
+        # a min-eps condition has a value per clip (inf for clips never broken, -1 for clips missed
+        # clean); NaN everywhere means the condition records none
+        has_min_eps = min_eps is not None and (~np.isnan(np.asarray(min_eps, dtype=float))).any()
         if has_min_eps:
             extra.update(min_eps_summary(np.asarray(min_eps, dtype=np.float64)[res["use"]]))
         for name, d in list(res["rows"].items()) + [(k, {"value": v}) for k, v in extra.items()]:
@@ -74,24 +84,48 @@ def model_tables(run_id: str, model_name: str, conditions: List[Dict[str, Any]],
             values = np.asarray(values, dtype=np.float64).reshape(-1)
             if len(values) == n_clips:
                 pc[name] = values
+                arrays[measured_key(model_name, cid, name)] = values
         clip_frames.append(pc)
         cls = [("AP", res["ap"]), ("AUC", res["auc"]), ("delta_AP", res["ap"] - clean_ap)]
         emb = (embeddings_by_cond or {}).get(cid)
-        if emb is not None and head_fn is not None:
+        if emb is not None:
             from audiobench.metrics import latent
 
             use = res["use"]
-            cls.append(("convexity", latent.convexity_per_class(emb[use], targets[use], head_fn, seed=seed)))
+            if head_fn is not None:
+                cls.append(("convexity", latent.convexity_per_class(emb[use], targets[use], head_fn, seed=seed)))
             cls.append(("density", latent.density_per_class(emb[use], targets[use])))
+            arrays[embedding_key(model_name, cid)] = np.asarray(emb, dtype=np.float32)
         for metric, values in cls:
             class_frames.append(pd.DataFrame({**{k: [v] * len(values) for k, v in key.items()},
                                               "class_index": np.arange(len(values)),
                                               "class_name": names[: len(values)], "metric": metric, "value": values}))
         arrays[logits_key(model_name, cid)] = lg.astype(np.float32)
+        arrays[geometry_key(model_name, cid)] = np.stack(
+            [np.asarray(pc[k], dtype=np.float64) for k in ("snr_db", "linf", "l2", "min_eps")], axis=1)
         arrays[hist_key(model_name, cid)] = np.stack([
             shift.score_histogram(clean[res["use"]], bins=20), shift.score_histogram(lg[res["use"]], bins=20)
         ]).astype(np.int64)
+    arrays[bad_input_key(model_name)] = ~valid
+    if clean_energy is not None:
+        arrays[energy_key(model_name)] = np.asarray(clean_energy, dtype=np.float64)
     return metric_rows, clip_frames, class_frames, arrays
+
+
+def head_function(model):
+    """``model.head`` as the latent metrics call it: (M, D) float32 numpy embeddings → (M, C)
+    numpy logits, on the model's device, without gradients."""
+    import torch
+
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+
+    @torch.no_grad()
+    def head(z):
+        z = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=device)
+        return model.head(z).float().cpu().numpy()
+
+    return head
 
 
 def _level(c: Dict[str, Any]) -> float:
