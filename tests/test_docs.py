@@ -91,6 +91,13 @@ def test_ci_constraints_pin_exact_versions_and_setup_cfg_declares_ranges():
     assert "soundfile>=0.13" in test_extra
 
 
+def test_readme_summary_table_has_the_columns_run_prints():
+    from audiobench.report.summary import SUMMARY_COLUMNS
+
+    header = next(ln for ln in README.splitlines() if ln.startswith("┃ model"))
+    assert [c.strip() for c in header.strip("┃").split("┃")] == list(SUMMARY_COLUMNS)
+
+
 def test_readme_links_every_docs_page():
     linked = set(re.findall(r"\]\((docs/[^)#\s]+\.md)", README))
     missing = sorted(p.relative_to(ROOT).as_posix() for p in DOCS if p.relative_to(ROOT).as_posix() not in linked)

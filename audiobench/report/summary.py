@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-SUMMARY_METRICS = ("mAP", "top5_hit_rate", "kl_mean", "top1_flip_rate")
+# The columns of the table `audiobench run` prints (the README shows it; tests/test_docs.py checks it).
+SUMMARY_COLUMNS = ("model", "condition", "mAP [95% CI]", "ΔmAP", "top-5 hit", "JS (bits)", "true-label rank Δ", "trust")
 
 
 def summary_rows(run_dir: Path):
@@ -35,7 +36,7 @@ def print_run_summary(run_dir: Path) -> None:
 
     rows = summary_rows(run_dir)
     table = Table(title=f"audiobench run {Path(run_dir).name}")
-    for col in ("model", "condition", "mAP [95% CI]", "ΔmAP", "top-5 hit", "JS (bits)", "true-label rank Δ", "trust"):
+    for col in SUMMARY_COLUMNS:
         table.add_column(col, justify="left" if col in ("model", "condition", "trust") else "right")
     clean_map = {model: vals["mAP"].value for model, cond, vals in rows if cond == "none" and "mAP" in vals}
     suite = []
