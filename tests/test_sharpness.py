@@ -224,6 +224,18 @@ def test_report_table_joins_sharpness_and_robustness():
     assert [c for c in only.columns if "@" in c] == ["average_sharpness@rho=0.01", "worst_sharpness@rho=0.01"]
 
 
+def test_terminal_shows_the_wide_sharpness_table_transposed():
+    from audiobench.report.sections import terminal_shape
+    from audiobench.report.sharpness import sharpness_table
+
+    sharp, metrics = _fake_tables()
+    t = sharpness_table(sharp, metrics)
+    header, rows = terminal_shape(list(t.columns), [[str(v) for v in r] for r in t.itertuples(index=False)])
+    assert header == ["model", "m1", "m2"] and [r[0] for r in rows] == list(t.columns[1:])
+    narrow = (["model", "a"], [["m1", "1"]])
+    assert terminal_shape(*narrow) == (["model", "a"], [["m1", "1"]])
+
+
 def test_report_plots():
     from audiobench.report.sharpness import sharpness_curves, sharpness_vs_robustness
 

@@ -229,12 +229,21 @@ def render_md(view: ReportView) -> str:
     return "\n".join(parts) + ("\n" if parts else "")
 
 
+def terminal_shape(header: Sequence[str], rows: Sequence[Sequence[str]]):
+    """A wide and short table (the sharpness table: a column per measure) transposed for a
+    terminal, one row per measure and a column per model, instead of truncated headers."""
+    if len(header) > 8 and len(rows) < len(header) - 1:
+        return [header[0]] + [r[0] for r in rows], [[h] + [r[i] for r in rows] for i, h in enumerate(header) if i > 0]
+    return list(header), [list(r) for r in rows]
+
+
 def rich_tables(view: ReportView) -> list:
     from rich.table import Table
     from rich.text import Text
 
     out = []
     for title, header, rows in text_tables(view):
+        header, rows = terminal_shape(header, rows)
         t = Table(title=Text(title))
         for i, h in enumerate(header):
             t.add_column(Text(h), justify="left" if i < 2 else "right")
