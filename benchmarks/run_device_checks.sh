@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The one prepared GPU check of issue #6: at most 485 s of step limits (sum), start-up excluded, so
-# it fits one device call (10 min per command) with room for the start-up in a 15-minute budget.
+# The one prepared GPU check of issue #6 (and the GPU paths of #16-#18): at most 565 s of step
+# limits (sum), start-up excluded, so it fits one device call (10 min per command) with the start-up
+# in a 15-minute budget.
 #
 #   OUT=/some/folder bash benchmarks/run_device_checks.sh       # from the repository root
 #
-# Runs tests/test_gpu.py, then, with random weights, bench_attack.py (loops a/b/c, FLOPs, limits,
+# Runs tests/test_gpu.py (CUDA vs CPU runs, bf16 attacks, corruptions, transfer, quantized variants), then, with random weights, bench_attack.py (loops a/b/c, FLOPs, limits,
 # peak memory) for efficientat-mn04, cnn14 and ast with (c) in bf16 and the bf16-vs-fp32
 # attacked-mAP comparison, AST's (c) in fp32 and with torch.compile of the network only, mn04 with
 # CUDA graphs (compile mode reduce-overhead), and
@@ -37,7 +38,7 @@ step() {
 
 # correctness on CUDA first (tests/test_gpu.py: CUDA vs CPU results, bf16 attack in its ball, pinned loader)
 t0=$SECONDS
-timeout --kill-after=10 90 "$PY" -m pytest -q -m gpu tests/test_gpu.py > "$OUT/gpu_tests.txt" 2>&1
+timeout --kill-after=10 130 "$PY" -m pytest -q -m gpu tests/test_gpu.py > "$OUT/gpu_tests.txt" 2>&1
 echo "== gpu_tests rc=$? $((SECONDS - t0)) s: $(tail -n 1 "$OUT/gpu_tests.txt")" | tee -a "$OUT/summary.txt"
 
 A="$PY benchmarks/bench_attack.py --device cuda --steps 10 --eps 0.002 --clip-seconds 10 --threads 4 --repeats 3"
@@ -56,6 +57,9 @@ step attack_mn04_b64_bf16_cudagraphs 45 $A --model efficientat-mn04 --batch-size
 # clean evaluation end to end (shard in page cache) vs model only
 step eval_cnn14_b64_bf16    30 $E --model cnn14 --batch-size 64 --precision bf16 --clips 1024
 step eval_mn04_b64_bf16     30 $E --model efficientat-mn04 --batch-size 64 --precision bf16 --clips 1024
+
+# AudioSet-C corruptions against mn04's forward on the device (issue #16: each within 3x, or explained)
+step corruptions_mn04_b32   40 $PY benchmarks/bench_corruptions.py --device cuda --batch-size 32 --repeats 2
 
 echo "done $(date -u +%H:%M:%S)" >> "$OUT/summary.txt"
 cat "$OUT/summary.txt"

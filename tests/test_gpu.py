@@ -78,3 +78,55 @@ def test_stft_power_backward_on_cuda_matches_autograd():
     scale = grads["cpu", False].abs().max()
     for key in (("cuda", False), ("cuda", True), ("cpu", True)):
         assert (grads[key] - grads["cpu", False]).abs().max() <= 1e-4 * scale, key
+
+
+def _run_cli(args):
+    from click.testing import CliRunner
+
+    from audiobench.cli import cli
+
+    res = CliRunner().invoke(cli, ["run", "--bootstrap", "0", "--quiet", "--no-trust-checks", *args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+
+
+def test_corruptions_on_cuda_match_the_cpu(shard, tmp_path):
+    """Corruptions run in float64 on the clip's device; CUDA and CPU agree to float tolerance
+    (mp3 is coded on the CPU in either case and comes back to the device)."""
+    names = "pink-noise,reverb,lowpass,highpass,clipping,bitcrush,resample,pitch-shift,speed,mp3"
+    scores = {}
+    for device in ("cpu", "cuda"):
+        _run_cli(["--model", "toy-cnn", "--data", str(shard), "--out", str(tmp_path / device), "--run-id", "r",
+                  "--device", device, "--noise", names, "--severity", "3"])
+        scores[device] = np.load(tmp_path / device / "r" / "scores.npz")
+    keys = [k for k in scores["cpu"].files if k.startswith("logits__")]
+    assert len(keys) == 11  # clean + ten corruptions
+    for key in keys:
+        np.testing.assert_allclose(scores["cuda"][key], scores["cpu"][key], rtol=1e-3, atol=1e-3, err_msg=key)
+
+
+def test_transfer_diagonal_on_cuda_equals_the_white_box_run(shard, tmp_path):
+    common = ["--data", str(shard), "--device", "cuda", "--noise", "pgd", "--eps", "0.002", "--steps", "3"]
+    _run_cli(["--model", "toy-cnn,toy-transformer", "--transfer-from", "toy-cnn", "--out", str(tmp_path / "t"),
+              "--run-id", "r", *common])
+    _run_cli(["--model", "toy-cnn", "--out", str(tmp_path / "w"), "--run-id", "r", *common])
+    t, w = np.load(tmp_path / "t" / "r" / "scores.npz"), np.load(tmp_path / "w" / "r" / "scores.npz")
+    np.testing.assert_array_equal(t["logits__toy-cnn__transfer[toy-cnn]/pgd/linf:eps=0.002"],
+                                  w["logits__toy-cnn__pgd/linf:eps=0.002"])
+    assert "logits__toy-transformer__transfer[toy-cnn]/pgd/linf:eps=0.002" in t.files
+
+
+def test_quantized_variants_run_on_cuda_and_int8_is_refused_with_one_line(shard, tmp_path):
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from audiobench.cli import cli
+
+    _run_cli(["--model", "toy-cnn,toy-cnn@fp16,toy-cnn@bf16,toy-cnn@w4", "--data", str(shard), "--device", "cuda",
+              "--out", str(tmp_path), "--run-id", "r", "--noise", "pgd", "--eps", "0.002", "--steps", "3"])
+    m = pd.read_csv(tmp_path / "r" / "metrics.csv")
+    clean = m[(m.condition == "none") & (m.metric == "mAP")].set_index("model")["value"]
+    assert set(clean.index) == {"toy-cnn", "toy-cnn@fp16", "toy-cnn@bf16", "toy-cnn@w4"}
+    assert (abs(clean - clean["toy-cnn"]) <= 0.1).all(), clean
+    res = CliRunner().invoke(cli, ["run", "--model", "toy-cnn@int8", "--data", str(shard), "--device", "cuda",
+                                   "--out", str(tmp_path), "--run-id", "i8", "--quiet"])
+    assert res.exit_code != 0 and "--device cpu" in res.output and not (tmp_path / "i8").exists()

@@ -209,6 +209,18 @@ def test_int8_clip_result_does_not_depend_on_batch_mates(toy_variants, toy_data)
     assert torch.equal(together, alone)
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_passes_the_engine_probe(toy_variants, toy_data, variant):
+    """The engine probes each model before a run; fp16/bf16 kernels round differently alone and in a
+    batch (~1e-3 relative), so the probe's tolerance follows the network's precision."""
+    from audiobench.models.contract import PROBE_RELATIVE_TOLERANCE, probe_model, probe_relative_tolerance
+
+    ds = toy_data[0]
+    probe_model(toy_variants[variant], sample_rate=ds.sample_rate, n_classes=len(ds.vocab), needs_grad=True)
+    expected = {"fp16": 16 * torch.finfo(torch.float16).eps, "bf16": 16 * torch.finfo(torch.bfloat16).eps}
+    assert probe_relative_tolerance(toy_variants[variant]) == expected.get(variant, PROBE_RELATIVE_TOLERANCE)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["int8", "w4"])
 def test_pgd_through_a_quantized_model_raises_the_loss(toy_variants, toy_data, variant):

@@ -79,6 +79,15 @@ def clean_energy(waveform: torch.Tensor, bad_input: np.ndarray, device: torch.de
 
 
 def _rss_peak_bytes() -> int:
+    """This process's peak resident memory: Linux's VmHWM (reset by exec), else ru_maxrss (which
+    Linux carries over an exec, so a run started from a large parent would report the parent's)."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next((ln for ln in f if ln.startswith("VmHWM:")), None)
+        if line is not None:
+            return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
     try:
         import resource
 

@@ -238,6 +238,16 @@ def _exact_fp32(device: torch.device):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
+def probe_relative_tolerance(model) -> float:
+    """The probe's tolerance relative to max(1, max |logit|): float rounding of batched kernels
+    in float32 (:data:`PROBE_RELATIVE_TOLERANCE`), or 16 units of roundoff of the network's
+    lowest floating precision when it computes in less (``@fp16``/``@bf16`` variants: batched
+    and single-clip fp16 kernels round differently, by ~1e-3 relative)."""
+    dtypes = {t.dtype for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()}
+    eps = max((torch.finfo(d).eps for d in dtypes), default=0.0)
+    return max(PROBE_RELATIVE_TOLERANCE, 16 * eps) if eps > torch.finfo(torch.float32).eps else PROBE_RELATIVE_TOLERANCE
+
+
 def _probe(model, name: str, sample_rate: int, n_classes: int, needs_grad: bool, dev: torch.device,
            seconds: float, seed: int) -> Dict[str, Any]:
     x = probe_waveform(sample_rate, seconds=seconds, seed=seed, device=dev)
@@ -252,7 +262,7 @@ def _probe(model, name: str, sample_rate: int, n_classes: int, needs_grad: bool,
                 f"(give the model labels that align with the dataset vocabulary, or a label map CSV model_class,dataset_class)"
             )
         scale = max(1.0, float(out.abs().max()))
-        tol = PROBE_RELATIVE_TOLERANCE * scale
+        tol = probe_relative_tolerance(model) * scale
         alone = check_logits(name, run_checked(name, "forward() on one clip", model, x[1:2]), 1)
         diff = _max_diff(alone[0], out[1])
         summary["batch_independence_max_abs_diff"] = diff
