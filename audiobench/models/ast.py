@@ -107,20 +107,7 @@ class ASTTagger(AudioTagger):
         if int(fe["num_mel_bins"]) != int(self.arch["num_mel_bins"]) or int(fe["target_frames"]) != int(self.arch["max_length"]):
             raise ValueError(f"model {spec.name}: front end and architecture disagree on the input size")
         self.resampler = WaveformResampler(self.sample_rate, spec.sample_rate)
-        self.fbank = KaldiFbank(
-            sample_frequency=spec.sample_rate,
-            num_mel_bins=fe["num_mel_bins"],
-            frame_length=fe["frame_length_ms"],
-            frame_shift=fe["frame_shift_ms"],
-            window_type=fe["window_type"],
-            htk_compat=fe["htk_compat"],
-            use_energy=fe["use_energy"],
-            low_freq=fe["low_freq_hz"],
-            high_freq=fe["high_freq_hz"],
-            preemphasis_coefficient=fe["preemphasis_coefficient"],
-            remove_dc_offset=fe["remove_dc_offset"],
-            snip_edges=fe["snip_edges"],
-        )
+        self.fbank = KaldiFbank.from_front_end(fe, spec.sample_rate)
         self.target_frames = int(fe["target_frames"])
         self.norm_mean = float(spec.normalisation["mean"])
         self.norm_std = float(spec.normalisation["std"])

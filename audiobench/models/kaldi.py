@@ -244,6 +244,27 @@ class KaldiFbank(nn.Module):
     checkpoints keep their reference layout. ``forward(waveform (..., samples)) -> (..., frames, bins)``.
     """
 
+    @classmethod
+    def from_front_end(cls, fe: dict, sample_rate: float) -> "KaldiFbank":
+        """The fbank a registered model's ``front_end`` spec describes (AST, PSLA: the keys
+        ``num_mel_bins``, ``frame_length_ms``, ``frame_shift_ms``, ``window_type``, ``htk_compat``,
+        ``use_energy``, ``low_freq_hz``, ``high_freq_hz``, ``preemphasis_coefficient``,
+        ``remove_dc_offset``, ``snip_edges``) at ``sample_rate`` Hz."""
+        return cls(
+            sample_frequency=sample_rate,
+            num_mel_bins=fe["num_mel_bins"],
+            frame_length=fe["frame_length_ms"],
+            frame_shift=fe["frame_shift_ms"],
+            window_type=fe["window_type"],
+            htk_compat=fe["htk_compat"],
+            use_energy=fe["use_energy"],
+            low_freq=fe["low_freq_hz"],
+            high_freq=fe["high_freq_hz"],
+            preemphasis_coefficient=fe["preemphasis_coefficient"],
+            remove_dc_offset=fe["remove_dc_offset"],
+            snip_edges=fe["snip_edges"],
+        )
+
     def __init__(
         self,
         sample_frequency: float = 16000.0,

@@ -92,20 +92,7 @@ class PslaFrontEnd(nn.Module):
 
     def __init__(self, fe: dict, mean: float, std: float):
         super().__init__()
-        self.fbank = KaldiFbank(
-            sample_frequency=fe["sample_rate_hz"],
-            num_mel_bins=fe["num_mel_bins"],
-            frame_length=fe["frame_length_ms"],
-            frame_shift=fe["frame_shift_ms"],
-            window_type=fe["window_type"],
-            htk_compat=fe["htk_compat"],
-            use_energy=fe["use_energy"],
-            low_freq=fe["low_freq_hz"],
-            high_freq=fe["high_freq_hz"],
-            preemphasis_coefficient=fe["preemphasis_coefficient"],
-            remove_dc_offset=fe["remove_dc_offset"],
-            snip_edges=fe["snip_edges"],
-        )
+        self.fbank = KaldiFbank.from_front_end(fe, fe["sample_rate_hz"])
         self.n_frames = int(fe["target_frames"])
         self.mean = float(mean)
         self.std = float(std)
