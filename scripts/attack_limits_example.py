@@ -6,7 +6,10 @@ in one batch, with the per-clip streams the engine uses (run seed 0, keyed by th
 prints for each condition: mAP and top-5 hit rate, the mean loss per step and the best-so-far
 trace with :func:`loss_trace_findings`, the clips whose loss spiked, and a footprint summary
 (delta relative to the clean audio per band group, the share of delta on padding). ``--figure``
-saves the footprint heatmaps of the conditions side by side.
+saves the footprint heatmaps of the conditions side by side. ``--dissect`` takes, for each
+condition, the clip whose loss spiked highest and splits the perturbation at its peak iterate
+(padding / audio part, below / above 4 kHz, 2-s slices, scaled by 0.5 ... 1) to see which part
+carries the loss.
 
     audiobench data pack --audio-dir ../shared/clips --labels ../shared/clips/labels.csv \\
         --vocab ../shared/audioset/class_labels_indices.csv --out data/clips.h5
@@ -46,6 +49,7 @@ def main(argv=None) -> None:
     ap.add_argument("--condition", action="append", required=True, help="PGD fields, e.g. eps=0.002,attack_mask=padding")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--figure", default=None, help="save the footprint heatmaps (PNG) here")
+    ap.add_argument("--dissect", action="store_true", help="split the spikiest clip's peak perturbation into parts")
     args = ap.parse_args(argv)
 
     import pandas as pd
@@ -73,11 +77,13 @@ def main(argv=None) -> None:
     tables = []
     for spec in args.condition:
         p = PERTURBATIONS.get("pgd")(**parse_condition(spec)).with_sample_rate(ds.sample_rate)
-        seen = []
+        seen, iterates = [], []
 
         def forward(z):
             out = model(z)
             seen.append(bce_per_clip(out.detach(), t).numpy())
+            if args.dissect:
+                iterates.append(z.detach().clone())
             return out
 
         trace = AttackTrace()
@@ -93,6 +99,8 @@ def main(argv=None) -> None:
         losses = np.stack(seen)  # (iterates, clips)
         for i in np.flatnonzero(losses.max(axis=0) > 5 * np.median(losses.max(axis=0))):
             print(f"  spiky clip {ids[i]}: {json.dumps([round(float(v), 3) for v in losses[:, i]])}")
+        if args.dissect:
+            dissect(model, x, t, ids, losses, iterates, ds.sample_rate)
         fp = summarise_footprint(footprint_per_clip(x, adv, ds.sample_rate), cells.band_edges_hz, cells.segment_edges_s)
         groups = pd.cut(fp["band_low_hz"], [-1, 1000, 4000, 8000, np.inf], labels=["<1 kHz", "1-4 kHz", "4-8 kHz", ">8 kHz"])
         agg = fp.groupby(groups, observed=True)[["delta_energy", "clean_energy"]].sum()
@@ -106,6 +114,33 @@ def main(argv=None) -> None:
 
         plot_footprints(pd.concat(tables)).savefig(args.figure, dpi=80)
         print(f"\nfigure: {args.figure}")
+
+
+def dissect(model, x, t, ids, losses, iterates, sample_rate: int) -> None:
+    """The spikiest clip's perturbation at its peak iterate, split into parts, each scored alone."""
+    import torch
+
+    from audiobench.perturb.attacks import band_bins, band_pass, bce_per_clip, padding_mask
+
+    step, i = np.unravel_index(np.argmax(losses), losses.shape)
+    clean, delta = x[i:i + 1], iterates[step][i:i + 1] - x[i:i + 1]
+    n = x.shape[1]
+
+    def loss(d) -> float:
+        with torch.no_grad():
+            return float(bce_per_clip(model(clean + d), t[i:i + 1])[0])
+
+    with torch.no_grad():
+        logits = model(clean + delta)[0]
+    pad = padding_mask(clean, sample_rate)
+    low = band_bins(n, sample_rate, (0, 4000))
+    slices = [loss(delta * ((torch.arange(n) >= a) & (torch.arange(n) < a + 2 * sample_rate))) for a in range(0, n, 2 * sample_rate)]
+    print(f"  dissect {ids[i]} at iterate {step} (loss {losses[step, i]:.3f}, clean {loss(torch.zeros_like(delta)):.3f}; "
+          f"{int((logits > 0).sum())} of {logits.numel()} logits positive, largest {float(logits.max()):.1f}): "
+          f"padding part {loss(delta * pad):.3f}, audio part {loss(delta * ~pad):.3f}, "
+          f"below 4 kHz {loss(band_pass(delta, low)):.3f}, above {loss(band_pass(delta, ~low)):.3f}, "
+          f"max over 2-s slices {max(slices):.3f}; scaled by 0.5/0.6/0.7/0.9/1: "
+          + ", ".join(f"{loss(delta * a):.3f}" for a in (0.5, 0.6, 0.7, 0.9, 1.0)))
 
 
 if __name__ == "__main__":
