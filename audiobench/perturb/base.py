@@ -431,3 +431,29 @@ def realised_snr_db(clean: torch.Tensor, perturbed: torch.Tensor) -> torch.Tenso
     snr = torch.where(pn == 0, torch.full_like(snr, math.inf), snr)
     snr = torch.where((ps == 0) & (pn > 0), torch.full_like(snr, math.nan), snr)
     return snr.double()
+
+
+class NamedByItsAttack:
+    """Mixin for conditions that wrap one attack in ``self._attack`` (a chain, a transfer): the
+    condition's level is the attack's (param, level, its text, eps and norm); each wrapper adds
+    its own ``variant`` and ``condition_id``. List it before :class:`Perturbation`."""
+
+    @property
+    def param(self) -> str:
+        return self._attack.param
+
+    @property
+    def level(self) -> float:
+        return self._attack.level
+
+    @property
+    def level_text(self) -> str:
+        return self._attack.level_text
+
+    @property
+    def eps(self) -> float:
+        return float(getattr(self._attack, "eps"))
+
+    @property
+    def norm(self) -> str:
+        return getattr(self._attack, "norm", "linf")

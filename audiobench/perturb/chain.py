@@ -10,7 +10,7 @@ import torch
 
 from audiobench.errors import ConfigError
 from audiobench.perturb import PERTURBATIONS, register_perturbation
-from audiobench.perturb.base import Perturbation
+from audiobench.perturb.base import NamedByItsAttack, Perturbation
 
 
 def _build(spec: Dict[str, Any], what: str) -> Perturbation:
@@ -84,7 +84,7 @@ class _ThroughBase:
 
 @register_perturbation
 @dataclass
-class Chain(Perturbation):
+class Chain(NamedByItsAttack, Perturbation):
     """``attack`` combined with ``base`` (e.g. PGD on Gaussian-noised, occluded or reverberant audio,
     the "PGD on perturbed inputs" cells of Li et al. 2022, "Robustness of Neural Architectures for
     Audio Event Detection"). Units: those of the two parts; the swept level is the attack's. Metrics
@@ -127,18 +127,7 @@ class Chain(Perturbation):
         self.uses_model = bool(self._base.uses_model or self._attack.uses_model)
         self.needs_sample_rate = bool(self._base.needs_sample_rate or self._attack.needs_sample_rate)
 
-    # the attack's naming and budget
-    @property
-    def param(self) -> str:
-        return self._attack.param
-
-    @property
-    def level(self) -> float:
-        return self._attack.level
-
-    @property
-    def level_text(self) -> str:
-        return self._attack.level_text
+    # param, level, level_text, eps, norm are the attack's (NamedByItsAttack); the chain's own names:
 
     @property
     def variant(self) -> str:
@@ -147,14 +136,6 @@ class Chain(Perturbation):
     @property
     def condition_id(self) -> str:
         return f"{self._attack.condition_id}@{self._base.condition_id}"
-
-    @property
-    def eps(self) -> float:
-        return float(getattr(self._attack, "eps"))
-
-    @property
-    def norm(self) -> str:
-        return getattr(self._attack, "norm", "linf")
 
     @property
     def base_perturbation(self) -> Perturbation:

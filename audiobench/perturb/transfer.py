@@ -20,7 +20,7 @@ import torch
 
 from audiobench.errors import ConfigError
 from audiobench.perturb import PERTURBATIONS, register_perturbation
-from audiobench.perturb.base import Perturbation
+from audiobench.perturb.base import NamedByItsAttack, Perturbation
 
 
 def source_models(source: str) -> List[str]:
@@ -35,7 +35,7 @@ def source_models(source: str) -> List[str]:
 
 @register_perturbation
 @dataclass
-class Transfer(Perturbation):
+class Transfer(NamedByItsAttack, Perturbation):
     """A transfer attack: ``attack`` (a waveform attack spec, e.g. pgd) crafted on ``source`` (a
     model name, or ``A+B`` for an ensemble maximising the mean loss) and evaluated on the run's
     models. Units: those of the attack (its eps in waveform units). The engine crafts the clips;
@@ -75,28 +75,12 @@ class Transfer(Perturbation):
         return bool(self._attack.needs_sample_rate)
 
     @property
-    def param(self) -> str:
-        return self._attack.param
-
-    @property
-    def level(self) -> float:
-        return self._attack.level
-
-    @property
-    def level_text(self) -> str:
-        return self._attack.level_text
-
-    @property
     def variant(self) -> str:
         return f"{self.source}/{self._attack.variant}"
 
     @property
     def condition_id(self) -> str:
         return f"transfer[{self.source}]/{self._attack.condition_id}"
-
-    @property
-    def eps(self) -> float:
-        return float(getattr(self._attack, "eps"))
 
     def cost(self) -> tuple:
         return (0.0, 0.0)  # the crafting runs once per source, not per target (the sweep counts it there)

@@ -17,7 +17,7 @@ import torch
 
 from audiobench.errors import ConfigError
 from audiobench.perturb import register_perturbation
-from audiobench.perturb.base import check_int, realised_snr_db
+from audiobench.perturb.base import realised_snr_db
 from audiobench.perturb.corruptions.banks import AudioBank, bank_sha256, load_bank_clip, open_bank
 from audiobench.perturb.corruptions.base import Corruption, Prepared
 from audiobench.perturb.noise import snr_scale
@@ -75,12 +75,6 @@ class _ColouredNoise(_AdditiveNoise):
     needs_sample_rate = True
 
     sample_rate: Optional[int] = None
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.sample_rate is not None:
-            check_int(f"{self.name} sample_rate", self.sample_rate, minimum=1)
-            self.sample_rate = int(self.sample_rate)
 
     def prepare(self, waveform, rng) -> Prepared:
         noise = coloured_noise(rng, waveform.shape[-1], self._rate(), self.exponent)
@@ -168,9 +162,6 @@ class Background(_AdditiveNoise):
         self.bank = str(self.bank)
         self.bank_labels = None if self.bank_labels in (None, "") else str(self.bank_labels)
         self._bank = open_bank(self.bank, what="background noise bank", option="--noise-bank", labels_csv=self.bank_labels)
-        if self.sample_rate is not None:
-            check_int("background sample_rate", self.sample_rate, minimum=1)
-            self.sample_rate = int(self.sample_rate)
 
     @property
     def audio_bank(self) -> AudioBank:

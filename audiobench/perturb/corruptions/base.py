@@ -91,6 +91,10 @@ class Corruption(Perturbation):
 
     def __post_init__(self):
         self._check_severity()
+        # the one check of a corruption's ``sample_rate`` field (Hz; None until with_sample_rate)
+        if getattr(self, "sample_rate", None) is not None:
+            check_int(f"{self.name} sample_rate", self.sample_rate, minimum=1)
+            self.sample_rate = int(self.sample_rate)
 
     def _check_severity(self) -> None:
         check_int(f"{self.name} severity", self.severity, minimum=1)

@@ -29,7 +29,6 @@ import torch
 
 from audiobench.errors import ConfigError
 from audiobench.perturb import register_perturbation
-from audiobench.perturb.base import check_int
 from audiobench.perturb.corruptions.base import Corruption, Prepared, as_bool, straight_through
 
 #: severity -> constant bitrate in kbps (legal at 16 to 48 kHz): near-transparent down to the
@@ -158,8 +157,6 @@ class MP3(Corruption):
         super().__post_init__()
         self.straight_through = as_bool("mp3 straight_through", self.straight_through)
         if self.sample_rate is not None:
-            check_int("mp3 sample_rate", self.sample_rate, minimum=1)
-            self.sample_rate = int(self.sample_rate)
             if self.sample_rate not in MP3_RATES:
                 raise ConfigError(f"mp3 needs an MP3 sample rate ({', '.join(map(str, MP3_RATES))} Hz); "
                                   f"the dataset's is {self.sample_rate} Hz")

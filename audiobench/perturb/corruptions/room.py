@@ -33,7 +33,6 @@ from scipy.fft import next_fast_len
 
 from audiobench.errors import ConfigError
 from audiobench.perturb import register_perturbation
-from audiobench.perturb.base import check_int
 from audiobench.perturb.corruptions.banks import AudioBank, bank_sha256, load_bank_clip, open_bank
 from audiobench.perturb.corruptions.base import Corruption, Prepared
 
@@ -167,8 +166,6 @@ class Reverb(Corruption):
         if self.rir_bank is not None:
             self._bank = open_bank(self.rir_bank, what="reverb RIR bank", option="--rir-bank")
         if self.sample_rate is not None:
-            check_int("reverb sample_rate", self.sample_rate, minimum=1)
-            self.sample_rate = int(self.sample_rate)
             if self._bank is not None and not self._candidates():
                 lo, hi = severity_band(self.severity)
                 _, rt60, _ = _bank_rirs(self._bank, self.sample_rate)

@@ -22,7 +22,6 @@ import torchaudio.functional as AF
 
 from audiobench.errors import ConfigError
 from audiobench.perturb import register_perturbation
-from audiobench.perturb.base import check_int
 from audiobench.perturb.corruptions.base import Corruption, Prepared
 
 #: severity -> low-pass cutoff (-3 dB) in Hz: wide band down to a muffled 500 Hz
@@ -64,8 +63,6 @@ class _Butterworth(Corruption):
     def __post_init__(self):
         super().__post_init__()
         if self.sample_rate is not None:
-            check_int(f"{self.name} sample_rate", self.sample_rate, minimum=1)
-            self.sample_rate = int(self.sample_rate)
             if not self.physical < 0.45 * self.sample_rate:
                 raise ConfigError(f"{self.name} severity {self.severity} cuts at {self.physical:g} Hz, too close to or "
                                   f"above Nyquist at the dataset's {self.sample_rate} Hz (needs < 45 % of the rate)")
@@ -144,8 +141,6 @@ class Resample(Corruption):
     def __post_init__(self):
         super().__post_init__()
         if self.sample_rate is not None:
-            check_int("resample sample_rate", self.sample_rate, minimum=1)
-            self.sample_rate = int(self.sample_rate)
             if not self.physical < self.sample_rate:
                 raise ConfigError(f"resample severity {self.severity} goes through {self.physical} Hz, which is not "
                                   f"below the dataset's {self.sample_rate} Hz")

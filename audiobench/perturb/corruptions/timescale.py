@@ -19,7 +19,6 @@ import torch
 import torchaudio.functional as AF
 
 from audiobench.perturb import register_perturbation
-from audiobench.perturb.base import check_int
 from audiobench.perturb.corruptions.base import Corruption, Prepared
 from audiobench.perturb.corruptions.spectral import fit_length
 
@@ -107,12 +106,6 @@ class PitchShift(Corruption):
     damage_direction = "up"
 
     sample_rate: Optional[int] = None
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.sample_rate is not None:
-            check_int("pitch-shift sample_rate", self.sample_rate, minimum=1)
-            self.sample_rate = int(self.sample_rate)
 
     def factor(self) -> Fraction:
         return ratio(2.0 ** (float(self.physical) / 12.0))
